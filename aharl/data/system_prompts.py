@@ -1,0 +1,14 @@
+"""System prompts that define the output format the rewards look for."""
+
+# The reference recipe's system message (../shared/REFERENCE.md): it begins and
+# ends with a newline, and the rule rewards check exactly these tags.
+REFERENCE_SYSTEM_PROMPT = (
+    "\n"
+    "Respond in the following format:\n"
+    "<reasoning>\n"
+    "...\n"
+    "</reasoning>\n"
+    "<answer>\n"
+    "...\n"
+    "</answer>\n"
+)

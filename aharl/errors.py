@@ -1,0 +1,32 @@
+"""User-facing errors.
+
+Every problem a user can cause (a bad config value, a missing file, a broken
+reward function) is raised as an :class:`AharlError`. The command line prints
+``str(error)`` as one line and exits non-zero; it never shows a traceback for
+these, because the fix is in the user's input, not in aharl.
+"""
+
+from __future__ import annotations
+
+
+class AharlError(Exception):
+    """A problem with the user's input, described in one line with its fix."""
+
+
+class ConfigError(AharlError):
+    """A config key that is unknown, has the wrong type or an impossible value."""
+
+    def __init__(self, key: str, problem: str, fix: str, source: str = "config") -> None:
+        self.key = key
+        self.problem = problem
+        self.fix = fix
+        self.source = source
+        super().__init__(f"config error in {source}: `{key}` {problem}; fix: {fix}")
+
+
+class DataError(AharlError):
+    """A dataset that cannot be found or read, or has no usable rows."""
+
+
+class RewardError(AharlError):
+    """A reward function that cannot be loaded, raised, or returned a bad value."""

