@@ -1,0 +1,133 @@
+"""The GRPO objective: clipped surrogate, k3 KL to a reference, and loss aggregation.
+
+All tensors are per completion token, ``[num_sequences, max_completion_len]``,
+with ``mask`` marking real tokens (up to and including the first EOS) and
+zeros on padding.
+
+Aggregation decides what each token's term is divided by:
+
+- ``sequence`` (the reference recipe, TRL 0.14): mean over each sequence's
+  tokens, then mean over sequences. A long completion's tokens each weigh
+  less than a short one's.
+- ``token`` (DAPO): sum over all tokens / number of tokens in the step. Every
+  token weighs the same.
+- ``dr_grpo`` (Dr. GRPO): sum over all tokens / (sequences x max completion
+  tokens), a constant, so length carries no bias.
+
+The divisors are the counts for the *whole optimizer step* (pass
+``num_sequences`` / ``num_tokens`` when the step is split into micro-batches
+or across data-parallel ranks): then the micro-batch losses add up to the
+loss of the full batch, however it is split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Aggregation = Literal["sequence", "token", "dr_grpo"]
+
+
+@dataclass
+class GRPOLoss:
+    """The scalar to back-propagate, and what it was made of."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token ``exp(ref - logp) - (ref - logp) - 1``: non-negative, unbiased for KL(pi || ref)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
+
+
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: Aggregation,
+    *,
+    num_sequences: int | None = None,
+    num_tokens: float | None = None,
+    max_completion_tokens: int | None = None,
+) -> torch.Tensor:
+    """Reduce ``[num_sequences, len]`` terms to a scalar by the rule of ``mode`` (module docstring)."""
+    mask = mask.to(per_token.dtype)
+    n_seq = num_sequences if num_sequences is not None else per_token.shape[0]
+    if mode == "sequence":
+        lengths = mask.sum(dim=1).clamp(min=1)  # [num_sequences]
+        return ((per_token * mask).sum(dim=1) / lengths).sum() / n_seq
+    if mode == "token":
+        n_tok = num_tokens if num_tokens is not None else mask.sum().clamp(min=1)
+        return (per_token * mask).sum() / n_tok
+    if mode == "dr_grpo":
+        if max_completion_tokens is None:
+            raise ValueError("dr_grpo aggregation needs max_completion_tokens")
+        return (per_token * mask).sum() / (n_seq * max_completion_tokens)
+    raise ValueError(f"unknown loss aggregation {mode!r}")
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    old_logp: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    aggregation: Aggregation = "sequence",
+    max_completion_tokens: int | None = None,
+    num_sequences: int | None = None,
+    num_tokens: float | None = None,
+    entropy: torch.Tensor | None = None,
+) -> GRPOLoss:
+    """Per-token ``-(min(r A, clip(r) A) - beta KL)``, aggregated.
+
+    logp: ``[S, L]`` current policy, with gradient. advantages: ``[S]``.
+    old_logp: ``[S, L]`` the policy that sampled (None: one update per batch,
+    so the ratio is exactly 1 but still carries the gradient of logp).
+    ref_logp: ``[S, L]`` frozen reference, needed when beta > 0.
+    """
+    if old_logp is None:
+        old_logp = logp.detach()
+    ratio = torch.exp(logp - old_logp)  # [S, L]
+    adv = advantages.to(logp.dtype).unsqueeze(1)  # [S, 1]
+    unclipped = ratio * adv  # [S, L]
+    clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * adv  # [S, L]
+    surrogate = torch.minimum(unclipped, clipped)  # [S, L]
+    per_token = -surrogate
+    kl = None
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs ref_logp")
+        kl = k3_kl(logp, ref_logp)  # [S, L]
+        per_token = per_token + beta * kl
+    loss = aggregate(
+        per_token,
+        mask,
+        aggregation,
+        num_sequences=num_sequences,
+        num_tokens=num_tokens,
+        max_completion_tokens=max_completion_tokens,
+    )
+
+    with torch.no_grad():
+        m = mask.to(torch.float32)
+        n = m.sum().clamp(min=1)
+        # A token is clipped when the clipped branch is the smaller one, i.e.
+        # the ratio left the trust region in the direction the advantage pushes.
+        is_clipped = ((ratio < 1 - clip_eps_low) & (adv < 0)) | ((ratio > 1 + clip_eps_high) & (adv > 0))
+        metrics = {
+            "loss": loss.item(),
+            "clip_fraction": ((is_clipped.float() * m).sum() / n).item(),
+            "ratio/mean": ((ratio.float() * m).sum() / n).item(),
+            "kl": ((kl.float() * m).sum() / n).item() if kl is not None else 0.0,
+            "tokens": m.sum().item(),
+        }
+        if entropy is not None:
+            metrics["entropy"] = ((entropy.float() * m).sum() / n).item()
+    return GRPOLoss(loss, metrics)
