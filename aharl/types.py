@@ -1,0 +1,48 @@
+"""The objects that travel between stages (and Ray actors), defined once.
+
+config -> :class:`Prompt` -> rollout -> :class:`RolloutGroup` -> rewards ->
+:class:`ScoredGroup` -> advantages/loss in the learner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Prompt:
+    """One question, rendered with the model's chat template."""
+
+    index: int  # position in the prompt set (stable across runs with the same data)
+    question: str
+    answer: str  # the gold answer the rewards compare against
+    text: str  # chat-template output, ends with the generation prompt
+    token_ids: list[int]  # [prompt_len]
+
+
+@dataclass
+class Completion:
+    """One sampled answer to a prompt."""
+
+    token_ids: list[int]  # [completion_len], up to and including EOS when it was sampled
+    text: str  # decoded without special tokens: what the rewards read
+    finish_reason: str  # "stop" (EOS) or "length" (hit max_tokens)
+    logprobs: list[float]  # [completion_len] sampling log-probs from the rollout engine
+
+
+@dataclass
+class RolloutGroup:
+    """The G completions sampled for one prompt."""
+
+    prompt: Prompt
+    completions: list[Completion]
+
+
+@dataclass
+class ScoredGroup:
+    """A group with each completion's rewards, per function and weighted total."""
+
+    group: RolloutGroup
+    rewards: dict[str, list[float]]  # name -> [G]
+    total: list[float]  # [G]
+    reward_errors: dict[str, str] = field(default_factory=dict)
