@@ -9,6 +9,7 @@ into a plain safetensors directory under ``$AHARL_CACHE`` (default
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -67,6 +68,13 @@ def _smollm2_dir() -> Path:
     return target
 
 
+def _drop_quantization_entry(config_path: Path) -> None:
+    """The weights are dequantized; a leftover GGUF entry would send vLLM to a GGUF loader."""
+    config = json.loads(config_path.read_text())
+    config.pop("quantization_config", None)
+    config_path.write_text(json.dumps(config, indent=2))
+
+
 def _convert_gguf(package_dir: Path, gguf_file: str, target: Path) -> None:
     """Dequantize a GGUF checkpoint into a fp32 safetensors directory, atomically."""
     import torch
@@ -83,6 +91,7 @@ def _convert_gguf(package_dir: Path, gguf_file: str, target: Path) -> None:
     try:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        _drop_quantization_entry(staging / "config.json")
         try:
             staging.rename(target)
         except OSError:
