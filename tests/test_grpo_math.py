@@ -181,8 +181,10 @@ _PEAK_SCRIPT = textwrap.dedent(
     import resource, sys, torch
     from aharl.trainer.logprobs import token_logprobs
     torch.manual_seed(0)
-    logits = torch.randn(4096, 32000)          # 524 MB, fp32, a large vocabulary
+    logits = torch.empty(4096, 32000).normal_()  # 524 MB, fp32, a large vocabulary; filled in place
     ids = torch.randint(0, 32000, (4096,))
+    token_logprobs(logits[:2], ids[:2])          # warm up kernels and thread pools before measuring
+    torch.log_softmax(logits[:2], -1)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.argv[1] == "chunked":
         out = token_logprobs(logits, ids, chunk_rows=256)
