@@ -1,0 +1,129 @@
+"""Rollout with vLLM: batched sampling, sampling log-probs, sleep/wake and weight loading.
+
+Runs inside the rollout Ray actor. The weight-receiving methods live in the
+vLLM worker process (:class:`~aharl.rollout.worker_extension.WeightSyncExtension`)
+and are reached through ``collective_rpc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from aharl.config import Config
+from aharl.modelhub import resolve_model_path
+from aharl.rollout.engine import SamplingSettings
+from aharl.types import Completion, Prompt, RolloutGroup
+
+EXTENSION = "aharl.rollout.worker_extension.WeightSyncExtension"
+
+
+def engine_kwargs(config: Config, device: str) -> dict[str, Any]:
+    """Arguments for ``vllm.LLM`` from the config (pure, so the choices are testable)."""
+    r = config.rollout
+    max_len = config.data.max_prompt_tokens + r.max_tokens
+    kwargs: dict[str, Any] = {
+        "model": resolve_model_path(config.model.path),
+        "seed": r.seed,
+        "max_model_len": max_len,
+        "enforce_eager": r.enforce_eager,
+        "worker_extension_cls": EXTENSION,
+        "enable_prefix_caching": True,
+    }
+    if device == "cpu":
+        # On CPU vLLM's memory fraction is of RAM, checked against what the
+        # process already holds; an explicit KV budget is predictable instead.
+        kwargs["dtype"] = "float32" if config.model.dtype in ("auto", "float32") else config.model.dtype
+        kwargs["kv_cache_memory_bytes"] = int(r.gpu_memory_utilization * 8 * 2**30)
+        kwargs["enforce_eager"] = True
+    else:
+        kwargs["dtype"] = "bfloat16" if config.model.dtype == "auto" else config.model.dtype
+        kwargs["gpu_memory_utilization"] = r.gpu_memory_utilization
+        kwargs["enable_sleep_mode"] = config.placement.layout == "colocate" and r.sleep_during_update
+    return kwargs
+
+
+class VLLMEngine:
+    """A vLLM ``LLM`` that returns :class:`RolloutGroup` objects."""
+
+    def __init__(self, config: Config, device: str) -> None:
+        from vllm import LLM
+
+        self.kwargs = engine_kwargs(config, device)
+        self.device = device
+        self.sleeping = False
+        self.llm = LLM(**self.kwargs)
+
+    def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            n=settings.n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_tokens,
+            seed=settings.seed,
+            logprobs=0,  # the sampled token's log-prob, from the raw (temperature 1) logits
+            ignore_eos=settings.ignore_eos,
+        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
+        groups = []
+        for prompt, output in zip(prompts, outputs):
+            completions = []
+            for sample in output.outputs:
+                ids = list(sample.token_ids)
+                logprobs = [step[token].logprob for step, token in zip(sample.logprobs, ids)]
+                completions.append(Completion(ids, sample.text, sample.finish_reason or "length", logprobs))
+            groups.append(RolloutGroup(prompt, completions))
+        return groups
+
+    def completion_logprobs(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        requests = [TokensPrompt(prompt_token_ids=list(p) + list(c)) for p, c in zip(prompt_ids, completion_ids)]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        result = []
+        for p, c, output in zip(prompt_ids, completion_ids, outputs):
+            ids = list(p) + list(c)
+            result.append([output.prompt_logprobs[len(p) + t][ids[len(p) + t]].logprob for t in range(len(c))])
+        return result
+
+    # -- colocated memory ----------------------------------------------------
+
+    def sleep(self) -> None:
+        """Free the GPU for the update: drop the KV cache, offload weights (level 1)."""
+        if self.kwargs.get("enable_sleep_mode") and not self.sleeping:
+            self.llm.sleep(level=1)
+            self.sleeping = True
+
+    def wake_weights(self) -> None:
+        """Bring the weights back so a sync can overwrite them; the KV cache stays freed."""
+        if self.sleeping:
+            self.llm.wake_up(tags=["weights"])
+
+    def wake_kv_cache(self) -> None:
+        """After a sync: drop cached prefixes computed by old weights, then restore the KV cache."""
+        self.llm.reset_prefix_cache()
+        if self.sleeping:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.sleeping = False
+
+    # -- weights in -------------------------------------------------------------
+
+    def load_weight_files(self, paths: list[str]) -> int:
+        return sum(self.llm.collective_rpc("load_from_files", args=(paths,)))
+
+    def load_cuda_ipc_bucket(self, bucket: dict[str, Any]) -> int:
+        return sum(self.llm.collective_rpc("load_from_cuda_ipc", args=(bucket,)))
+
+    def init_nccl(self, master_address: str, master_port: int, rank: int, world_size: int) -> None:
+        self.llm.collective_rpc("init_nccl", args=(master_address, master_port, rank, world_size))
+
+    def load_from_nccl(self, meta: list[tuple[str, str, list[int]]]) -> int:
+        return sum(self.llm.collective_rpc("load_from_nccl", args=(meta,)))
+
+    def parameter_checksum(self) -> float:
+        return self.llm.collective_rpc("parameter_checksum")[0]
+

@@ -1,0 +1,1 @@
+"""Moving the learner's weights into the rollout engine (the learner's side)."""

@@ -1,0 +1,284 @@
+"""The learner: a DeepSpeed engine that turns micro-batches into one GRPO update.
+
+This class knows nothing of Ray; :mod:`aharl.launch.actors` runs it as a Ray
+actor (one per data-parallel rank). It owns the policy, the optional frozen
+reference, the optimizer and the LR schedule, and it hands its weights out
+for the rollout engine (files, CUDA IPC or NCCL, see :mod:`aharl.sync`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from aharl.config import Config
+from aharl.modelhub import resolve_model_path
+from aharl.sync.buckets import pack_bucket, plan_buckets
+from aharl.trainer.batch import MicroBatch, pad_sequences
+from aharl.trainer.logprobs import token_entropy, token_logprobs
+from aharl.trainer.loss import grpo_loss
+
+
+def resolve_device(config: Config) -> str:
+    """``cuda`` or ``cpu`` for ``placement.device=auto``."""
+    if config.placement.device != "auto":
+        return config.placement.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def training_dtype(config: Config, device: str) -> torch.dtype:
+    """bf16 on a GPU, fp32 on CPU (where bf16 matmuls are ~4x slower), unless the config says."""
+    precision = config.learner.precision
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "fp32"
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def deepspeed_config(config: Config, dtype: torch.dtype, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config for this run; DeepSpeed does accumulation, clipping and ZeRO."""
+    micro = config.learner.micro_batch_prompts * config.rollout.n
+    return {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": config.grad_accum_steps // world_size,
+        "train_batch_size": micro * (config.grad_accum_steps // world_size) * world_size,
+        "gradient_clipping": config.learner.max_grad_norm,
+        "zero_optimization": {"stage": config.learner.zero_stage},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Learner:
+    """One data-parallel rank of the policy update."""
+
+    def __init__(self, config: Config, total_steps: int, rank: int = 0, world_size: int = 1, master_port: int = 29500) -> None:
+        import deepspeed
+        from transformers import AutoModelForCausalLM, get_scheduler
+
+        self.config = config
+        self.rank, self.world_size = rank, world_size
+        self.device = resolve_device(config)
+        self.dtype = training_dtype(config, self.device)
+        if self.device == "cpu":
+            # Generation and the update take turns, so the update may use every core.
+            torch.set_num_threads(os.cpu_count() or 1)
+        os.environ.update(
+            {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size), "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"), "MASTER_PORT": str(master_port)}
+        )
+        deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False)
+        torch.manual_seed(config.learner.seed)
+
+        path = resolve_model_path(config.model.path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+        model.config.use_cache = False
+        if config.learner.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.reference = None
+        if config.learner.beta > 0:
+            self.reference = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+            self.reference.requires_grad_(False)
+
+        lr = config.learner
+        # As the HF Trainer the reference ran under: no weight decay on biases and norm weights.
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": lr.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=lr.lr,
+            betas=lr.betas,
+        )
+        optimizer_steps = total_steps * lr.updates_per_batch
+        scheduler = get_scheduler(
+            lr.lr_scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(optimizer_steps * lr.warmup_ratio),
+            num_training_steps=optimizer_steps,
+        )
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(config, self.dtype, world_size),
+        )
+        self._ipc_buffers: list[torch.Tensor] = []
+        self._nccl = None
+
+    # ------------------------------------------------------------------
+    # Log-probs
+
+    def _policy_logp(self, model: torch.nn.Module, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs ``[S, C]`` of the completion tokens, and the logits ``[S, C, V]`` they came from."""
+        logits = model(
+            input_ids=mb.input_ids,
+            attention_mask=mb.attention_mask,
+            position_ids=mb.position_ids,
+            logits_to_keep=mb.completion_len + 1,
+        ).logits[:, :-1]  # [S, C, V]: position P-1+t predicts completion token t
+        return token_logprobs(logits, mb.completion_ids, self.config.learner.logprob_chunk_rows), logits
+
+    @torch.no_grad()
+    def completion_logprobs(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
+        """The current policy's log-probs for given completions (to compare with the rollout engine)."""
+        ids, attention, positions, comp, mask = pad_sequences(prompt_ids, completion_ids, pad_id=0)
+        zeros = torch.zeros(len(prompt_ids))
+        mb = MicroBatch(ids, attention, positions, comp, mask, torch.zeros(comp.shape), zeros).to(self.device)
+        self.engine.eval()
+        logp, _ = self._policy_logp(self.engine.module, mb)
+        self.engine.train()
+        return [row[: len(c)].tolist() for row, c in zip(logp.float().cpu(), completion_ids)]
+
+    # ------------------------------------------------------------------
+    # The update
+
+    def train_step(self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float) -> dict[str, float]:
+        """One GRPO update (``updates_per_batch`` optimizer steps) over this rank's micro-batches.
+
+        ``num_sequences`` / ``num_tokens`` are counts over the whole optimizer
+        step on all ranks, so the loss of each micro-batch is its exact share
+        of the full-batch loss (see :mod:`aharl.trainer.loss`).
+        """
+        cfg = self.config.learner
+        batches = [mb.to(self.device) for mb in micro_batches]
+        timings = {"time/reference": 0.0, "time/train": 0.0}
+
+        started = time.perf_counter()
+        ref_logps: list[torch.Tensor | None] = [None] * len(batches)
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logps = [self._policy_logp(self.reference, mb)[0] for mb in batches]
+        timings["time/reference"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        old_logps: list[torch.Tensor | None] = [None] * len(batches)
+        sums: dict[str, float] = {}
+        weight: dict[str, float] = {}
+        sync_diff_sum, sync_tokens = 0.0, 0.0
+        # DeepSpeed divides each micro-batch loss by its accumulation count;
+        # the losses here are already shares of the full batch, so undo that.
+        scale = self.engine.gradient_accumulation_steps() * self.world_size
+        for update in range(cfg.updates_per_batch):
+            for i, mb in enumerate(batches):
+                logp, logits = self._policy_logp(self.engine, mb)
+                mask = mb.completion_mask
+                if update == 0:
+                    # Before any update this is the policy that sampled: it must
+                    # equal the rollout engine's log-probs if the last sync worked.
+                    diff = ((logp.detach() - mb.rollout_logp).abs() * mask).sum().item()
+                    sync_diff_sum += diff
+                    sync_tokens += mask.sum().item()
+                    if cfg.updates_per_batch > 1:
+                        old_logps[i] = logp.detach()
+                out = grpo_loss(
+                    logp,
+                    mb.advantages,
+                    mask,
+                    old_logp=old_logps[i],
+                    ref_logp=ref_logps[i],
+                    beta=cfg.beta,
+                    clip_eps_low=cfg.clip_eps_low,
+                    clip_eps_high=cfg.clip_eps_high,
+                    aggregation=cfg.loss_aggregation,
+                    max_completion_tokens=self.config.rollout.max_tokens,
+                    num_sequences=num_sequences,
+                    num_tokens=num_tokens,
+                    entropy=token_entropy(logits.detach(), cfg.logprob_chunk_rows),
+                )
+                self.engine.backward(out.loss * scale)
+                self.engine.step()
+                tokens = out.metrics.pop("tokens")
+                for key, value in out.metrics.items():
+                    # The loss adds up over micro-batches; the rest are token means.
+                    w = 1.0 if key == "loss" else tokens
+                    sums[key] = sums.get(key, 0.0) + value * w
+                    weight[key] = weight.get(key, 0.0) + w
+        timings["time/train"] = time.perf_counter() - started
+
+        metrics = {key: sums[key] / (weight[key] if key != "loss" else cfg.updates_per_batch) for key in sums}
+        metrics["sync/logp_diff"] = sync_diff_sum / max(sync_tokens, 1.0)
+        grad_norm = self.engine.get_global_grad_norm()
+        metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics.update(timings)
+        return metrics
+
+    # ------------------------------------------------------------------
+    # Weights out
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full (gathered) parameters under their HF names; tied weights once."""
+        import deepspeed
+
+        module = self.engine.module
+        for name, param in module.named_parameters():
+            if self.config.learner.zero_stage == 3:
+                with deepspeed.zero.GatheredParameters([param]):
+                    yield name, param.data.detach().clone()
+            else:
+                yield name, param.data.detach()
+
+    def weight_buckets(self) -> list[list[str]]:
+        sizes = [(name, p.numel() * p.element_size()) for name, p in self.engine.module.named_parameters()]
+        return plan_buckets(sizes, self.config.sync.bucket_mb * 2**20)
+
+    def export_weight_files(self, directory: str) -> list[str]:
+        """Write the weights as safetensors bucket files (the CPU path: ``directory`` in /dev/shm)."""
+        from safetensors.torch import save_file
+
+        weights = dict(self.named_weights())
+        if self.rank != 0:
+            return []
+        os.makedirs(directory, exist_ok=True)
+        paths = []
+        for index, names in enumerate(self.weight_buckets()):
+            path = os.path.join(directory, f"bucket-{index:04d}.safetensors")
+            save_file({n: weights[n].to("cpu").contiguous() for n in names}, path)
+            paths.append(path)
+        return paths
+
+    def export_cuda_ipc_bucket(self, index: int) -> dict[str, Any]:
+        """Pack bucket ``index`` on the GPU and return its IPC handle (kept alive until released)."""
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        names = set(self.weight_buckets()[index])
+        selected = [(n, t) for n, t in self.named_weights() if n in names]
+        if self.rank != 0:
+            return {}
+        packed, meta = pack_bucket(selected)
+        self._ipc_buffers.append(packed)
+        torch.cuda.synchronize()
+        return {"handle": reduce_tensor(packed), "meta": meta}
+
+    def release_cuda_ipc(self) -> None:
+        self._ipc_buffers.clear()
+        torch.cuda.empty_cache()
+
+    def init_nccl(self, master_address: str, master_port: int, world_size: int) -> None:
+        """Rank 0 joins the broadcast group with the rollout workers (ranks 1..)."""
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=0, world_size=world_size)
+        self._nccl = PyNcclCommunicator(group, device=torch.cuda.current_device())
+
+    def weight_meta(self) -> list[tuple[str, str, list[int]]]:
+        return [(n, str(p.dtype).removeprefix("torch."), list(p.shape)) for n, p in self.engine.module.named_parameters()]
+
+    def broadcast_weights(self) -> int:
+        count = 0
+        for _, tensor in self.named_weights():
+            if self.rank != 0:
+                continue
+            self._nccl.broadcast(tensor.contiguous(), src=0, stream=torch.cuda.current_stream())
+            count += 1
+        torch.cuda.synchronize()
+        return count
+
+    def parameter_checksum(self) -> float:
+        with torch.no_grad():
+            return float(sum(t.double().abs().sum().item() for _, t in self.named_weights()))
