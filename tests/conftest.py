@@ -16,3 +16,14 @@ def smollm2_tokenizer():
     from aharl.modelhub import SMOLLM2_ALIAS, load_tokenizer
 
     return load_tokenizer(SMOLLM2_ALIAS)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for every test that needs actors (starting one costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()

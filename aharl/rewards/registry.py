@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from aharl.errors import ConfigError
-from aharl.rewards import corrected, reference
+from aharl.rewards import arithmetic, corrected, reference
 from aharl.rewards.reference import RewardFn
 
 REWARDS: dict[str, RewardFn] = {
@@ -29,6 +29,9 @@ REWARDS: dict[str, RewardFn] = {
     "strict_format_multiline": corrected.strict_format_multiline,
     "number": corrected.number,
     "correctness_numeric": corrected.correctness_numeric,
+    "answer_number": arithmetic.answer_number,
+    "answer_tags": arithmetic.answer_tags,
+    "brevity": arithmetic.brevity,
 }
 
 REWARD_SETS: dict[str, list[str]] = {
@@ -36,6 +39,8 @@ REWARD_SETS: dict[str, list[str]] = {
     "reference": ["xmlcount", "soft_format", "strict_format", "int", "correctness"],
     # The same signals with multi-line format and numeric-equivalent answers.
     "corrected": ["xmlcount", "soft_format_multiline", "strict_format_multiline", "number", "correctness_numeric"],
+    # Dense partial credit for the synthetic task (the quickstart), see aharl.rewards.arithmetic.
+    "arithmetic": ["answer_number", "answer_tags", "brevity"],
 }
 
 _FIX = "use a registered name ({names}), a set ({sets}), or module:function / file.py:function"

@@ -1,0 +1,48 @@
+"""Dense rewards for the synthetic arithmetic task, so that a tiny model has a signal.
+
+An untrained SmolLM2-135M never writes the reference's XML tags, so the five
+reference rewards are 0 for every sample and GRPO has nothing to compare.
+These give partial credit a small model can climb: the right number (inside
+``<answer>`` tags if there are any, else the last number written) and a short
+answer.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aharl.rewards.corrected import numbers_equal
+from aharl.rewards.reference import per_completion
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+BREVITY_CHARS = 200
+
+
+def stated_answer(text: str) -> str | None:
+    """The number inside the last ``<answer>`` tags, else the last number in the text."""
+    if "<answer>" in text:
+        inside = text.split("<answer>")[-1].split("</answer>")[0]
+        found = _NUMBER.findall(inside)
+        if found:
+            return found[-1]
+    found = _NUMBER.findall(text)
+    return found[-1] if found else None
+
+
+@per_completion
+def answer_number(text: str, gold: str) -> float:
+    """1.0 when the stated answer equals the gold number."""
+    answer = stated_answer(text)
+    return 1.0 if answer is not None and numbers_equal(answer, gold) else 0.0
+
+
+@per_completion
+def brevity(text: str, gold: str) -> float:
+    """Up to 0.5 for a short completion: 0.5 * (1 - characters / 200), floored at 0."""
+    return 0.5 * max(0.0, 1.0 - len(text) / BREVITY_CHARS)
+
+
+@per_completion
+def answer_tags(text: str, gold: str) -> float:
+    """0.25 each for an opening and a closing answer tag."""
+    return 0.25 * ("<answer>" in text) + 0.25 * ("</answer>" in text)
