@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aharl", description="GRPO training on Ray, vLLM and DeepSpeed.")
     commands = parser.add_subparsers(title="commands")
 
+    train = commands.add_parser("train", help="run GRPO training (starts Ray in-process unless RAY_ADDRESS is set)")
+    train.add_argument("file", help="YAML config, e.g. configs/quickstart.yaml")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.max_steps=5")
+    train.set_defaults(run=_train)
+
     config = commands.add_parser("config", help="inspect configs").add_subparsers(title="config commands")
     show = config.add_parser("show", help="print the resolved config (file + overrides)")
     show.add_argument("file", help="YAML config")
@@ -50,6 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--output", help="write JSONL here instead of stdout")
     score.set_defaults(run=_rewards_score)
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    import logging
+
+    from aharl.config import load_config
+    from aharl.trainer.loop import train
+
+    config = load_config(args.file, args.overrides)  # fails fast, before anything starts
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    result = train(config, print_fn=lambda line: print(line, flush=True))
+    print(f"done: metrics in {result.run_dir / 'metrics.jsonl'}")
+    return 0
 
 
 def _config_show(args: argparse.Namespace) -> int:

@@ -1,0 +1,107 @@
+"""The Ray side of a run: the placement group, the rollout and learner actors, the sync.
+
+The driver loop (:mod:`aharl.trainer.loop`) calls the plain methods here and
+never touches Ray itself; where each actor runs is decided in
+:func:`aharl.launch.placement.plan_layout` and visible below.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from aharl.config import Config
+from aharl.errors import AharlError
+from aharl.launch.placement import ActorSlot, plan_layout, sync_method
+from aharl.rollout.engine import SamplingSettings
+from aharl.sync.transfer import WeightSync, free_port
+from aharl.trainer.batch import MicroBatch
+from aharl.trainer.learner import Learner
+from aharl.types import Prompt, RolloutGroup
+
+PLACEMENT_TIMEOUT_S = 120
+
+
+def connect_ray() -> None:
+    """Join the cluster of ``ray job submit`` (RAY_ADDRESS is set) or start one in-process."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, logging_level="WARNING")
+
+
+class Cluster:
+    def __init__(self, config: Config, device: str, total_steps: int, run_id: str) -> None:
+        self.config = config
+        self.layout = plan_layout(config, device)
+        self.pg = placement_group(self.layout.bundles, strategy=self.layout.strategy)
+        ready, _ = ray.wait([self.pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:
+            raise AharlError(
+                f"the cluster cannot place {self.layout.bundles} within {PLACEMENT_TIMEOUT_S}s "
+                f"(it has {ray.cluster_resources()}); lower placement.learner_gpus / rollout_gpus or use placement.layout=colocate"
+            )
+        # The rollout engine starts first: on a shared GPU vLLM sizes its
+        # KV cache from the free memory it sees.
+        if config.rollout.backend == "vllm":
+            from aharl.rollout.vllm_engine import VLLMEngine as engine_class
+        else:
+            from aharl.rollout.hf_engine import HFEngine as engine_class
+        self.rollout = self._place(engine_class, self.layout.rollout).remote(config, device)
+        ray.get(self.rollout.parameter_checksum.remote())
+        port = free_port()
+        world = len(self.layout.learners)
+        self.learners = [
+            self._place(Learner, slot).remote(config, total_steps, rank, world, port)
+            for rank, slot in enumerate(self.layout.learners)
+        ]
+        ray.get([learner.parameter_checksum.remote() for learner in self.learners])
+        self.sync = WeightSync(sync_method(config, device), self.learners, self.rollout, run_id)
+
+    def _place(self, cls, slot: ActorSlot):
+        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=slot.bundle_index)
+        return ray.remote(cls).options(num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, scheduling_strategy=strategy)
+
+    def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
+        return ray.get(self.rollout.generate.remote(list(prompts), settings))
+
+    def train_step(self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float) -> dict[str, float]:
+        """Each learner rank takes an equal, contiguous share of the micro-batches."""
+        world = len(self.learners)
+        share = len(micro_batches) // world
+        results = ray.get(
+            [
+                learner.train_step.remote(list(micro_batches[r * share : (r + 1) * share]), num_sequences, num_tokens)
+                for r, learner in enumerate(self.learners)
+            ]
+        )
+        merged = {k: sum(r[k] for r in results) / world for k in results[0]}
+        merged["loss"] = sum(r["loss"] for r in results)  # each rank's loss is its share of the whole
+        return merged
+
+    def sleep_rollout(self) -> None:
+        ray.get(self.rollout.sleep.remote())
+
+    def sync_weights(self) -> dict[str, float]:
+        """Wake the weights, overwrite them with the learner's, then restore the KV cache."""
+        ray.get(self.rollout.wake_weights.remote())
+        metrics = self.sync()
+        ray.get(self.rollout.wake_kv_cache.remote())
+        return metrics
+
+    def wake_rollout(self) -> None:
+        ray.get(self.rollout.wake_weights.remote())
+        ray.get(self.rollout.wake_kv_cache.remote())
+
+    def learner_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
+        return ray.get(self.learners[0].completion_logprobs.remote(prompt_ids, completion_ids))
+
+    def rollout_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
+        return ray.get(self.rollout.completion_logprobs.remote(prompt_ids, completion_ids))
+
+    def shutdown(self) -> None:
+        for actor in [self.rollout, *self.learners]:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(self.pg)
