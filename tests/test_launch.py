@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,10 +21,24 @@ from tests.toy import TOY_REWARD, build_tiny_model
 
 pytestmark = pytest.mark.slow
 
+RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
 
-def _ray(*args: str, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
-    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
-    return subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+def _ray_env() -> dict[str, str]:
+    # Ray 2.60 turns token authentication on for new local clusters; the head
+    # and the submitter must share the token, as the README's commands do.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
+    return env
+
+
+def _wait_for_jobs_api(address: str, env: dict[str, str], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True).returncode == 0:
+            return
+        time.sleep(2)
+    raise AssertionError("the Ray head did not come up")
 
 
 def test_ray_job_submit_runs_training_on_a_started_cluster(tmp_path, smollm2_tokenizer):
@@ -28,22 +46,26 @@ def test_ray_job_submit_runs_training_on_a_started_cluster(tmp_path, smollm2_tok
     reward_file = tmp_path / "toy_rewards.py"
     reward_file.write_text(TOY_REWARD)
     runs = tmp_path / "runs"
+    env = _ray_env()
     port, dashboard = free_port(), free_port()
-    env = {**os.environ, "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS")
-    started = _ray(
-        "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--disable-usage-stats",
-        env=env, timeout=180,
+    address = f"http://127.0.0.1:{dashboard}"
+    ray_dir = tempfile.mkdtemp(prefix="aharl-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    # --block keeps the head's processes under this one process group, so the
+    # test stops exactly this cluster (`ray stop` would stop every Ray here).
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--disable-usage-stats",
+         "--temp-dir", ray_dir],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    assert started.returncode == 0, started.stderr[-2000:]
     try:
-        submitted = _ray(
-            "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO), "--",
-            "aharl", "train", "configs/quickstart.yaml",
-            f"model.path={model_dir}", f"rewards.functions=[{reward_file}:letter_a]", "rollout.max_tokens=8",
-            "learner.max_steps=2", "learner.micro_batch_prompts=4", f"logging.output_dir={runs}", "logging.run_name=job",
-            env=env,
+        _wait_for_jobs_api(address, env)
+        submitted = subprocess.run(
+            [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+             "aharl", "train", "configs/quickstart.yaml",
+             f"model.path={model_dir}", f"rewards.functions=[{reward_file}:vowels]", "rollout.max_tokens=8",
+             "learner.max_steps=2", "learner.micro_batch_prompts=4", f"logging.output_dir={runs}", "logging.run_name=job"],
+            env=env, capture_output=True, text=True, timeout=600,
         )
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]
         assert "succeeded" in submitted.stdout
@@ -52,4 +74,9 @@ def test_ray_job_submit_runs_training_on_a_started_cluster(tmp_path, smollm2_tok
         assert [json.loads(line)["step"] for line in lines] == [1, 2]
         assert all(json.loads(line)["sync/logp_diff"] < 1e-3 for line in lines)
     finally:
-        _ray("stop", "--force", env=env, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(ray_dir, ignore_errors=True)

@@ -97,7 +97,7 @@ def test_training_loop_raises_the_reward(ray_local, toy):
     first, last = reward_curve(history)
     assert learned(history), f"mean reward went from {first:.3f} to {last:.3f}"
     assert max(m["sync/logp_diff"] for m in history) < 1e-3  # vLLM kept up with every update
-    assert (result.run_dir / "metrics.jsonl").read_text().count("\n") == len(history) == 14
+    assert (result.run_dir / "metrics.jsonl").read_text().count("\n") == len(history) == 16
     for phase in ("generate", "reward", "train", "sync"):
         assert all(m[f"time/{phase}"] > 0 for m in history)
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from aharl.config import Config, load_config
 
-# A dense rule reward: the share of the completion's characters that are the
-# letter "a". A random tiny model scores ~0.05; raising it means shifting
-# probability towards "a"-rich tokens, which GRPO does in a few steps.
+# A dense rule reward: the share of the completion's characters that are
+# vowels. A random tiny model scores ~0.34; many tokens score higher, so GRPO
+# can climb it step by step (a single-letter target collapses onto one
+# sequence before it gets far).
 TOY_REWARD = '''
-def letter_a(completions, answers):
-    return [text.count("a") / max(1, len(text)) for text in completions]
+def vowels(completions, answers):
+    return [sum(ch in "aeiou" for ch in text) / max(1, len(text)) for text in completions]
 '''
 
 
@@ -54,14 +55,14 @@ def toy_config(model_dir: Path, run_dir: Path, reward_file: Path, *overrides: st
             "rollout.temperature=1.0",
             "rollout.max_tokens=8",
             "rollout.gpu_memory_utilization=0.05",
-            f"rewards.functions=[{reward_file}:letter_a]",
+            f"rewards.functions=[{reward_file}:vowels]",
             "rewards.num_workers=1",
-            "learner.lr=3e-3",
+            "learner.lr=2e-2",
             "learner.lr_scheduler=constant_with_warmup",
             "learner.warmup_ratio=0.0",
             "learner.prompts_per_step=4",
             "learner.micro_batch_prompts=2",
-            "learner.max_steps=14",
+            "learner.max_steps=16",
             "learner.beta=0.0",
             "learner.max_grad_norm=1.0",
             "learner.gradient_checkpointing=false",
