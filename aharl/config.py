@@ -431,6 +431,12 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
     p = c.placement
     require(p.learner_gpus >= 1, "placement.learner_gpus", f"= {p.learner_gpus} must be at least 1", "set it to 1 or more")
     require(p.layout == "colocate" or p.rollout_gpus >= 1, "placement.rollout_gpus", f"= {p.rollout_gpus} must be at least 1 in the separate layout", "set it to 1 or more, or use placement.layout=colocate")
+    require(
+        c.grad_accum_steps % p.learner_gpus == 0,
+        "placement.learner_gpus",
+        f"= {p.learner_gpus} does not divide the {c.grad_accum_steps} micro-batches of a step",
+        "make learner.prompts_per_step / learner.micro_batch_prompts a multiple of the learner GPUs",
+    )
     require(c.sync.interval_steps >= 1, "sync.interval_steps", f"= {c.sync.interval_steps} must be at least 1", "set it to 1 to sync after every update")
     require(c.sync.bucket_mb >= 1, "sync.bucket_mb", f"= {c.sync.bucket_mb} must be at least 1", "set it to e.g. 512")
     require(c.sync.logp_diff_warn > 0, "sync.logp_diff_warn", f"= {c.sync.logp_diff_warn} must be positive", "set it to e.g. 0.05")

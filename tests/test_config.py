@@ -83,6 +83,7 @@ BAD_CONFIGS = [
     ("rewards:\n  timeout_s: 0\n", [], "rewards.timeout_s", "positive"),
     ("placement:\n  layout: separate\n  rollout_gpus: 0\n", [], "placement.rollout_gpus", "separate layout"),
     ("sync:\n  interval_steps: 0\n", [], "sync.interval_steps", "at least 1"),
+    ("placement:\n  learner_gpus: 3\n", [], "placement.learner_gpus", "does not divide"),
     ("checkpoint:\n  keep_last: 0\n", [], "checkpoint.keep_last", "at least 1"),
     ("rollout: {n: 4\n", [], "(file)", "not valid YAML at line"),
     ("- a\n- b\n", [], "(file)", "mapping of sections"),

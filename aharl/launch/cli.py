@@ -42,6 +42,31 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.max_steps=5")
     train.set_defaults(run=_train)
 
+    bench = commands.add_parser("bench", help="benchmarks (JSON + Markdown + PNG)").add_subparsers(title="bench commands")
+    rollout = bench.add_parser("rollout", help="vLLM vs plain HF generate on identical requests")
+    rollout.add_argument("--config", default="configs/quickstart.yaml", help="model and data come from here")
+    rollout.add_argument("--prompts", help="a .jsonl of GSM8K-style rows (question/answer); default: the config's data")
+    rollout.add_argument("--backends", default="vllm,hf")
+    rollout.add_argument("--shapes", default="1x8,4x8,8x8", help="prompts x completions per call, comma-separated")
+    rollout.add_argument("--max-tokens", type=int, default=64)
+    rollout.add_argument("--repeats", type=int, default=3)
+    rollout.add_argument("--seed", type=int, default=0)
+    rollout.add_argument("--ignore-eos", action="store_true", help="every completion runs to max tokens (raw decode speed)")
+    rollout.add_argument("--reference", action="store_true", help="the reference workload: 4 prompts x 16 completions x 200 tokens")
+    rollout.add_argument("--bandwidth-gbs", type=float, help="GPU memory bandwidth for the roofline share (looked up when omitted)")
+    rollout.add_argument("--out", default="runs/bench-rollout")
+    rollout.add_argument("overrides", nargs="*", help="config overrides, e.g. model.path=...")
+    rollout.set_defaults(run=_bench_rollout)
+    step = bench.add_parser("step", help="aharl's GRPO step (per phase) and TRL's GRPOTrainer on the same work")
+    step.add_argument("--config", default="configs/quickstart.yaml")
+    step.add_argument("--steps", type=int, default=3, help="steps per trainer; the first is reported as warm-up")
+    step.add_argument("--reference", action="store_true", help="the reference recipe's shape (16 x 4 prompts, 200 tokens, reference rewards) on --prompts")
+    step.add_argument("--prompts", help="a .jsonl of GSM8K rows (needed with --reference when offline)")
+    step.add_argument("--no-trl", action="store_true", help="measure aharl only")
+    step.add_argument("--out", default="runs/bench-step")
+    step.add_argument("overrides", nargs="*")
+    step.set_defaults(run=_bench_step)
+
     config = commands.add_parser("config", help="inspect configs").add_subparsers(title="config commands")
     show = config.add_parser("show", help="print the resolved config (file + overrides)")
     show.add_argument("file", help="YAML config")
@@ -63,11 +88,101 @@ def _train(args: argparse.Namespace) -> int:
     from aharl.config import load_config
     from aharl.trainer.loop import train
 
+    from ray.exceptions import RayError
+
     config = load_config(args.file, args.overrides)  # fails fast, before anything starts
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = train(config, print_fn=lambda line: print(line, flush=True))
+    try:
+        result = train(config, print_fn=lambda line: print(line, flush=True))
+    except RayError as exc:
+        # The actor's own traceback is already in the log above; say which part failed, in one line.
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        print(f"aharl: error: an actor failed ({type(exc).__name__}: {first[:300]}); its log is above", file=sys.stderr)
+        return 1
     print(f"done: metrics in {result.run_dir / 'metrics.jsonl'}")
     return 0
+
+
+def _bench_config(args: argparse.Namespace, extra: list[str]):
+    from aharl.config import load_config
+
+    overrides = list(extra)
+    if args.prompts:
+        overrides += [f"data.source={args.prompts}", "data.answer_extractor=gsm8k", "data.question_column=question", "data.answer_column=answer"]
+    return load_config(args.config, overrides + list(args.overrides))
+
+
+def _bench_rollout(args: argparse.Namespace) -> int:
+    from aharl.bench import rollout as bench
+    from aharl.data.prompts import build_prompts
+    from aharl.data.sources import load_rows
+    from aharl.modelhub import load_tokenizer
+    from aharl.trainer.learner import resolve_device
+
+    if args.reference:
+        args.shapes, args.max_tokens = "4x16", 200
+    config = _bench_config(args, [f"rollout.max_tokens={args.max_tokens}"])
+    shapes = [bench.Shape.parse(s) for s in args.shapes.split(",")]
+    device = resolve_device(config)
+    prompts, _ = build_prompts(load_rows(config.data), load_tokenizer(config.model.path), config.data)
+    requests = bench.plan_requests(prompts, shapes, max_tokens=args.max_tokens, repeats=args.repeats, seed=args.seed, ignore_eos=args.ignore_eos)
+    results = []
+    for backend in args.backends.split(","):
+        print(f"{backend}: {len(requests)} calls ({args.shapes}, {args.max_tokens} tokens, warm-up first)", flush=True)
+        results += bench.run_backend(backend, config, device, requests)
+    rows = bench.summarise(results)
+    ratio = bench.ratios(rows)
+    meta = bench.environment(config, device, args)
+    roofline = bench.roofline_share(rows, config, device, args.bandwidth_gbs)
+    out = _out_dir(args.out)
+    (out / "rollout.json").write_text(json.dumps({"meta": meta, "runs": [vars(r) for r in results], "summary": rows, "vllm_over_hf": ratio, "roofline": roofline}, indent=2))
+    table = bench.markdown_table(rows, ratio) + bench.roofline_markdown(roofline)
+    (out / "rollout.md").write_text(f"{bench.meta_line(meta)}\n\n{table}")
+    bench.plot(rows, str(out / "rollout.png"), f"{meta['model']} on {meta['device_name']}, {args.max_tokens} tokens{' (ignore EOS)' if args.ignore_eos else ''}")
+    print(table, end="")
+    print(f"wrote {out}/rollout.json, rollout.md, rollout.png")
+    return 0
+
+
+def _bench_step(args: argparse.Namespace) -> int:
+    from aharl.bench import step as bench
+
+    extra = ["logging.run_name=bench-step-aharl", f"logging.output_dir={args.out}"]
+    if args.reference:
+        extra += ["rollout.n=16", "learner.prompts_per_step=4", "learner.micro_batch_prompts=1", "rollout.max_tokens=200",
+                  "rollout.temperature=0.9", "learner.beta=0.04", "learner.lr=5e-6", "rewards.functions=[reference]",
+                  "data.max_prompt_tokens=256", "data.system_prompt=" + json.dumps(_reference_prompt())]
+    config = _bench_config(args, extra)
+    print(f"aharl: {args.steps} steps", flush=True)
+    aharl_summary = bench.summarise_steps(bench.aharl_steps(config, args.steps))
+    trl_summary = None
+    if args.no_trl:
+        pass
+    elif bench.trl_available():
+        print(f"TRL GRPOTrainer: {args.steps} steps", flush=True)
+        trl_summary = bench.summarise_steps(bench.trl_steps(config, args.steps))
+    else:
+        print("TRL is not installed (pip install -e '.[trl]'): measuring aharl only")
+    out = _out_dir(args.out)
+    table = bench.markdown(aharl_summary, trl_summary, args.steps)
+    (out / "step.json").write_text(json.dumps({"config": config.to_dict(), "aharl": aharl_summary, "trl": trl_summary}, indent=2))
+    (out / "step.md").write_text(table)
+    bench.plot(aharl_summary, trl_summary, str(out / "step.png"), f"GRPO step: {config.rollout.n} x {config.learner.prompts_per_step} prompts, {config.rollout.max_tokens} tokens")
+    print(table, end="")
+    print(f"wrote {out}/step.json, step.md, step.png")
+    return 0
+
+
+def _reference_prompt() -> str:
+    from aharl.data.system_prompts import REFERENCE_SYSTEM_PROMPT
+
+    return REFERENCE_SYSTEM_PROMPT
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _config_show(args: argparse.Namespace) -> int:
