@@ -1,0 +1,166 @@
+"""``aharl bench step``: one GRPO step in aharl, and in TRL's GRPOTrainer on the same work.
+
+Both runs use the same model, prompts, reward functions and settings (group
+size, prompts per step, micro-batching, completion length, temperature,
+learning rate, beta, loss aggregation), one after the other in this process,
+so the ratio is measured side by side. TRL generates with plain
+``transformers`` (its default, and what the reference run did).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from aharl.config import Config
+from aharl.data.prompts import build_prompts, chat_messages
+from aharl.data.sources import load_rows
+from aharl.modelhub import load_tokenizer, resolve_model_path
+from aharl.rewards.registry import resolve_reward_functions
+from aharl.trainer.learner import resolve_device
+from aharl.trainer.metrics import PHASES
+
+# aharl's loss aggregation / advantage scaling -> TRL 1.16's names
+TRL_LOSS = {"sequence": "grpo", "token": "dapo", "dr_grpo": "dr_grpo"}
+
+
+def aharl_steps(config: Config, steps: int) -> list[dict[str, float]]:
+    """Per-step seconds: the whole step and each phase."""
+    from aharl.trainer.loop import train
+
+    config.learner.max_steps = steps
+    history = train(config, print_fn=lambda line: print(f"  aharl {line}", flush=True)).history
+    return [{"step": m["time/step"], **{p: m.get(f"time/{p}", 0.0) for p in PHASES}} for m in history]
+
+
+def trl_available() -> bool:
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def trl_steps(config: Config, steps: int) -> list[dict[str, float]]:
+    """Per-step seconds of TRL's GRPOTrainer on the same model, prompts, rewards and settings."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    device = resolve_device(config)
+    tokenizer = load_tokenizer(config.model.path)
+    prompts, _ = build_prompts(load_rows(config.data), tokenizer, config.data)
+    dataset = Dataset.from_list(
+        [{"prompt": chat_messages(p.question, config.data.system_prompt), "answer": p.answer} for p in prompts]
+    )
+    functions = resolve_reward_functions(config.rewards.functions)
+    lc, rc = config.learner, config.rollout
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="aharl-bench-trl-"),
+        per_device_train_batch_size=lc.micro_batch_prompts * rc.n,
+        gradient_accumulation_steps=config.grad_accum_steps,
+        num_generations=rc.n,
+        max_completion_length=rc.max_tokens,
+        temperature=rc.temperature,
+        top_p=rc.top_p,
+        beta=lc.beta,
+        epsilon=lc.clip_eps_low,
+        epsilon_high=lc.clip_eps_high,
+        num_iterations=lc.updates_per_batch,
+        loss_type=TRL_LOSS[lc.loss_aggregation],
+        scale_rewards=lc.advantage_stats if lc.scale_advantages_by_std else "none",
+        learning_rate=lc.lr,
+        adam_beta1=lc.betas[0],
+        adam_beta2=lc.betas[1],
+        weight_decay=lc.weight_decay,
+        warmup_ratio=lc.warmup_ratio,
+        lr_scheduler_type=lc.lr_scheduler,
+        max_grad_norm=lc.max_grad_norm,
+        gradient_checkpointing=lc.gradient_checkpointing,
+        reward_weights=[config.rewards.weights.get(name, 1.0) for name, _ in functions],
+        max_steps=steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=device == "cpu",
+        bf16=device == "cuda",
+        seed=lc.seed,
+        use_vllm=False,
+    )
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.model.path), dtype=dtype)
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            times.append(time.perf_counter() - self.started)
+            print(f"  trl step {len(times)}/{steps}: {times[-1]:.1f}s", flush=True)
+
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[_trl_reward(name, fn) for name, fn in functions],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[StepTimer()],
+    )
+    trainer.train()
+    return [{"step": t} for t in times]
+
+
+def _trl_reward(name: str, fn):
+    """aharl's ``fn(completions, answers)`` in TRL's ``fn(prompts, completions, answer, **kw)`` shape."""
+
+    def reward(prompts, completions, answer, **kwargs) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return list(fn(texts, list(answer)))
+
+    reward.__name__ = name.replace(":", "_").replace("/", "_")
+    return reward
+
+
+def summarise_steps(steps: list[dict[str, float]]) -> dict[str, float]:
+    """Mean seconds per step and per phase, leaving out the first (warm-up) step when there are more."""
+    measured = steps[1:] if len(steps) > 1 else steps
+    return {key: statistics.mean(s.get(key, 0.0) for s in measured) for key in measured[0]}
+
+
+def markdown(aharl: dict[str, float], trl: dict[str, float] | None, steps: int) -> str:
+    lines = [
+        f"Mean seconds per GRPO step (steps 2-{steps}; the first is warm-up)." if steps > 1 else "Seconds for one GRPO step.",
+        "",
+        "| trainer | step | " + " | ".join(PHASES) + " |",
+        "|---|---|" + "---|" * len(PHASES),
+        "| aharl | " + f"{aharl['step']:.1f}" + " | " + " | ".join(f"{aharl[p]:.1f}" for p in PHASES) + " |",
+    ]
+    if trl is not None:
+        lines.append(f"| TRL GRPOTrainer | {trl['step']:.1f} | " + " | ".join("-" for _ in PHASES) + " |")
+        lines += ["", f"TRL / aharl step time: **{trl['step'] / aharl['step']:.2f}x**"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(aharl: dict[str, float], trl: dict[str, float] | None, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    left = 0.0
+    for phase in PHASES:
+        ax.barh("aharl", aharl[phase], left=left, label=phase)
+        left += aharl[phase]
+    if trl is not None:
+        ax.barh("TRL GRPOTrainer", trl["step"], color="grey", label="TRL (whole step)")
+    ax.set_xlabel("seconds per step")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

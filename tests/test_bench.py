@@ -1,0 +1,80 @@
+"""The rollout benchmark feeds every backend the same requests and counts tokens honestly."""
+
+from __future__ import annotations
+
+import pytest
+
+from aharl.bench.rollout import RunResult, Shape, count_completion_tokens, plan_requests, ratios, run_requests, summarise
+from aharl.bench.step import _trl_reward, summarise_steps
+from aharl.rewards.reference import correctness
+from aharl.rollout.engine import SamplingSettings
+from aharl.types import Completion, Prompt, RolloutGroup
+
+EOS = 2
+PROMPTS = [Prompt(i, f"q{i}", str(i), f"t{i}", [10 + i, 11 + i]) for i in range(6)]
+
+
+class RecordingEngine:
+    """Returns fixed completions and remembers exactly what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[list[int]], SamplingSettings]] = []
+
+    def generate(self, prompts, settings):
+        self.calls.append(([p.token_ids for p in prompts], settings))
+        return [RolloutGroup(p, [Completion([5, 6, EOS], "x", "stop", [0.0] * 3)] * settings.n) for p in prompts]
+
+
+def test_every_backend_gets_identical_requests():
+    requests = plan_requests(PROMPTS, [Shape(1, 4), Shape(4, 2)], max_tokens=16, repeats=2, seed=3, ignore_eos=False)
+    vllm_like, hf_like = RecordingEngine(), RecordingEngine()
+    run_requests("vllm", vllm_like, requests, EOS)
+    run_requests("hf", hf_like, requests, EOS)
+    assert vllm_like.calls == hf_like.calls
+    assert len(vllm_like.calls) == 1 + 2 + 2  # warm-up, then repeats per shape
+    settings = [s for _, s in vllm_like.calls]
+    assert all((s.temperature, s.top_p, s.max_tokens) == (1.0, 1.0, 16) for s in settings)
+    assert [len(ids) for ids, _ in vllm_like.calls[1:]] == [1, 1, 4, 4]
+    assert len({s.seed for s in settings[1:3]}) == 2  # repeats are not replays
+
+
+def test_warm_up_is_run_but_not_reported():
+    requests = plan_requests(PROMPTS, [Shape(2, 3)], max_tokens=8, repeats=2, seed=0, ignore_eos=False)
+    results = run_requests("hf", RecordingEngine(), requests, EOS)
+    assert [r.repeat for r in results] == [0, 1]
+    assert all(r.sequences == 6 and r.completion_tokens == 18 for r in results)
+
+
+def test_token_count_stops_at_eos_and_excludes_padding():
+    prompt = PROMPTS[0]
+    groups = [
+        RolloutGroup(prompt, [
+            Completion([7, 8, EOS, EOS, EOS], "a", "stop", []),  # HF pads with EOS after the first one
+            Completion([7, 8, 9, 9], "b", "length", []),  # no EOS: all generated tokens count
+            Completion([EOS], "", "stop", []),
+        ])
+    ]
+    assert count_completion_tokens(groups, EOS) == 3 + 4 + 1
+    assert count_completion_tokens(groups, EOS, ignore_eos=True) == 5 + 4 + 1
+
+
+def test_summary_medians_and_ratio():
+    def run(backend, shape, tps):
+        return RunResult(backend, shape, 0, 1.0, 8, int(tps), tps, 8.0, 0.5)
+
+    rows = summarise([run("vllm", "1x8", 100), run("vllm", "1x8", 300), run("vllm", "1x8", 200), run("hf", "1x8", 50), run("hf", "1x8", 50)])
+    vllm = next(r for r in rows if r["backend"] == "vllm")
+    assert (vllm["tokens_per_s"], vllm["tokens_per_s_min"], vllm["tokens_per_s_max"]) == (200, 100, 300)
+    assert ratios(rows) == {"1x8": pytest.approx(4.0)}
+
+
+def test_step_summary_leaves_out_the_warm_up_step():
+    steps = [{"step": 10.0, "generate": 5.0}, {"step": 4.0, "generate": 2.0}, {"step": 6.0, "generate": 3.0}]
+    assert summarise_steps(steps) == {"step": 5.0, "generate": 2.5}
+
+
+def test_trl_reward_adapter_passes_completion_text_and_gold():
+    fn = _trl_reward("correctness", correctness)
+    completions = [[{"role": "assistant", "content": "<answer>\n5\n</answer>"}], [{"role": "assistant", "content": "6"}]]
+    assert fn(prompts=None, completions=completions, answer=["5", "5"]) == [2.0, 0.0]
+    assert fn.__name__ == "correctness"
