@@ -122,6 +122,11 @@ def _backend_main(backend: str, config: Config, device: str, requests: list[Requ
         queue.put(("ok", [asdict(r) for r in run_requests(backend, engine, requests, eos_id)]))
     except Exception as exc:  # reported to the parent as one line
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
+    # Hand the result over, then leave at once: vLLM's exit handlers can wait
+    # on its engine processes, which the parent reaps instead.
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
 
 
 class PeakMemory:
@@ -172,12 +177,33 @@ def run_backend(backend: str, config: Config, device: str, requests: list[Reques
     process = context.Process(target=_backend_main, args=(backend, config, device, requests, queue))
     process.start()
     with PeakMemory(process.pid, gpu=device == "cuda") as memory:
-        status, payload = queue.get(timeout=timeout_s)
-        process.join(timeout=60)
+        try:
+            status, payload = queue.get(timeout=timeout_s)
+        finally:
+            _reap(process)
     if status != "ok":
         raise RuntimeError(f"{backend} benchmark failed: {payload}")
     peak = memory.peak_gpu if device == "cuda" else memory.peak_rss
     return [RunResult(**{**row, "peak_memory_bytes": peak}) for row in payload]
+
+
+def _reap(process) -> None:
+    """Stop a backend process and everything it started (vLLM's engine core and workers)."""
+    import psutil
+
+    try:
+        tree = psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    process.join(timeout=10)
+    for child in tree:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    if process.is_alive():
+        process.kill()
+        process.join()
 
 
 # ---------------------------------------------------------------------------
