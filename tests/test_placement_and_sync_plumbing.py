@@ -38,10 +38,10 @@ def test_separate_two_gpu_layout_gives_rollout_its_own_gpu():
 
 
 def test_multi_gpu_learner_ranks_each_get_a_gpu():
-    config = load_config(TWO_GPU, ["placement.learner_gpus=3", "placement.rollout_gpus=2"])
+    config = load_config(TWO_GPU, ["placement.learner_gpus=2", "placement.rollout_gpus=2"])
     layout = plan_layout(config, "cuda")
-    assert [s.bundle_index for s in layout.learners] == [0, 1, 2]
-    assert layout.bundles[-1] == {"GPU": 2.0, "CPU": 1.0} and layout.rollout.bundle_index == 3
+    assert [s.bundle_index for s in layout.learners] == [0, 1]
+    assert layout.bundles[-1] == {"GPU": 2.0, "CPU": 1.0} and layout.rollout.bundle_index == 2
 
 
 @pytest.mark.parametrize("layout_name, rollout_bundle", [("colocate", 0), ("separate", 1)])
