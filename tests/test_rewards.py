@@ -250,3 +250,25 @@ def test_cli_rewards_score_writes_one_line_per_row_and_reports_bad_rows(tmp_path
 def test_cli_rewards_score_missing_input_is_one_line(tmp_path, capsys):
     assert main(["rewards", "score", "--input", str(tmp_path / "none.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --- arithmetic (quickstart) set -----------------------------------------------
+
+
+def test_arithmetic_rewards():
+    from aharl.rewards import arithmetic
+
+    assert arithmetic.stated_answer("3 + 4 = 7 apples") == "7"
+    assert arithmetic.stated_answer("<answer>12</answer> and 99") == "12"  # tags win over the last number
+    assert one(arithmetic.answer_number, "So he has 3 + 4 = 7.", "7") == 1.0
+    assert one(arithmetic.answer_number, "So he has 7 apples, not 8.", "7") == 0.0
+    assert one(arithmetic.answer_tags, "<answer>7</answer>") == 0.5
+    assert one(arithmetic.brevity, "7") == pytest.approx(0.5 * (1 - 1 / 200))
+    assert one(arithmetic.brevity, "x" * 300 + " 7") == 0.0
+
+
+def test_arithmetic_brevity_cannot_be_earned_by_saying_nothing():
+    from aharl.rewards import arithmetic
+
+    assert one(arithmetic.brevity, "") == 0.0
+    assert one(arithmetic.brevity, "ok") == 0.0

@@ -4,7 +4,7 @@ An untrained SmolLM2-135M never writes the reference's XML tags, so the five
 reference rewards are 0 for every sample and GRPO has nothing to compare.
 These give partial credit a small model can climb: the right number (inside
 ``<answer>`` tags if there are any, else the last number written) and a short
-answer.
+answer that states a number.
 """
 
 from __future__ import annotations
@@ -38,7 +38,13 @@ def answer_number(text: str, gold: str) -> float:
 
 @per_completion
 def brevity(text: str, gold: str) -> float:
-    """Up to 0.5 for a short completion: 0.5 * (1 - characters / 200), floored at 0."""
+    """Up to 0.5 for a short completion that states a number: 0.5 * (1 - characters / 200).
+
+    Without the number condition the policy learns to emit EOS at once and
+    collect the whole bonus for an empty answer (seen in the quickstart).
+    """
+    if stated_answer(text) is None:
+        return 0.0
     return 0.5 * max(0.0, 1.0 - len(text) / BREVITY_CHARS)
 
 
