@@ -263,7 +263,9 @@ def test_arithmetic_rewards():
     assert one(arithmetic.answer_number, "So he has 3 + 4 = 7.", "7") == 1.0
     assert one(arithmetic.answer_number, "So he has 7 apples, not 8.", "7") == 0.0
     assert one(arithmetic.answer_tags, "<answer>7</answer>") == 0.5
-    assert one(arithmetic.brevity, "7") == pytest.approx(0.5 * (1 - 1 / 200))
+    assert one(arithmetic.brevity, "7") == 0.25
+    assert one(arithmetic.brevity, "Ben has 3 + 4 = 7 apples.") == 0.25  # no gain from cutting the working
+    assert one(arithmetic.brevity, "x" * 148 + " 7") == pytest.approx(0.125)  # 150 chars: half way to 200
     assert one(arithmetic.brevity, "x" * 300 + " 7") == 0.0
 
 

@@ -15,7 +15,9 @@ from aharl.rewards.corrected import numbers_equal
 from aharl.rewards.reference import per_completion
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-BREVITY_CHARS = 200
+# Full brevity credit up to FULL_CREDIT_CHARS, none past ZERO_CREDIT_CHARS.
+FULL_CREDIT_CHARS = 100
+ZERO_CREDIT_CHARS = 200
 
 
 def stated_answer(text: str) -> str | None:
@@ -38,14 +40,18 @@ def answer_number(text: str, gold: str) -> float:
 
 @per_completion
 def brevity(text: str, gold: str) -> float:
-    """Up to 0.5 for a short completion that states a number: 0.5 * (1 - characters / 200).
+    """0.25 for an answer that states a number within 100 characters, falling to 0 at 200.
 
-    Without the number condition the policy learns to emit EOS at once and
-    collect the whole bonus for an empty answer (seen in the quickstart).
+    Two guards against reward hacking, both seen in the quickstart: without
+    the number condition the policy learns to emit EOS at once; with a bonus
+    that keeps growing as text shrinks, it collapses to a bare guessed number
+    and stops reasoning. Flat below 100 characters, only correctness can
+    improve a short worked answer ("3 + 4 = 7").
     """
     if stated_answer(text) is None:
         return 0.0
-    return 0.5 * max(0.0, 1.0 - len(text) / BREVITY_CHARS)
+    excess = max(0, len(text) - FULL_CREDIT_CHARS) / (ZERO_CREDIT_CHARS - FULL_CREDIT_CHARS)
+    return 0.25 * max(0.0, 1.0 - excess)
 
 
 @per_completion
