@@ -78,3 +78,11 @@ def test_trl_reward_adapter_passes_completion_text_and_gold():
     completions = [[{"role": "assistant", "content": "<answer>\n5\n</answer>"}], [{"role": "assistant", "content": "6"}]]
     assert fn(prompts=None, completions=completions, answer=["5", "5"]) == [2.0, 0.0]
     assert fn.__name__ == "correctness"
+
+
+@pytest.mark.parametrize("text", ["1x", "x8", "4*16", "0x8", "ax2"])
+def test_bad_shape_is_one_line(text):
+    from aharl.errors import AharlError
+
+    with pytest.raises(AharlError, match="PROMPTSxN"):
+        Shape.parse(text)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from aharl.config import Config
+from aharl.errors import AharlError
 from aharl.rollout.engine import SamplingSettings
 from aharl.rollout.hf_engine import completion_length
 from aharl.types import Prompt, RolloutGroup
@@ -31,7 +32,9 @@ class Shape:
 
     @classmethod
     def parse(cls, text: str) -> "Shape":
-        prompts, _, n = text.lower().partition("x")
+        prompts, _, n = text.strip().lower().partition("x")
+        if not (prompts.isdigit() and n.isdigit() and int(prompts) >= 1 and int(n) >= 1):
+            raise AharlError(f"batch shape {text!r} is not PROMPTSxN; write e.g. --shapes 1x16,4x16")
         return cls(int(prompts), int(n))
 
     def __str__(self) -> str:
@@ -182,7 +185,7 @@ def run_backend(backend: str, config: Config, device: str, requests: list[Reques
         finally:
             _reap(process)
     if status != "ok":
-        raise RuntimeError(f"{backend} benchmark failed: {payload}")
+        raise AharlError(f"the {backend} backend failed: {payload}")
     peak = memory.peak_gpu if device == "cuda" else memory.peak_rss
     return [RunResult(**{**row, "peak_memory_bytes": peak}) for row in payload]
 

@@ -121,6 +121,8 @@ def _bench_rollout(args: argparse.Namespace) -> int:
 
     if args.reference:
         args.shapes, args.max_tokens = "4x16", 200
+    if args.repeats < 1 or args.max_tokens < 1:
+        raise AharlError("--repeats and --max-tokens must be at least 1")
     config = _bench_config(args, [f"rollout.max_tokens={args.max_tokens}"])
     shapes = [bench.Shape.parse(s) for s in args.shapes.split(",")]
     device = resolve_device(config)
@@ -152,6 +154,8 @@ def _bench_step(args: argparse.Namespace) -> int:
         extra += ["rollout.n=16", "learner.prompts_per_step=4", "learner.micro_batch_prompts=1", "rollout.max_tokens=200",
                   "rollout.temperature=0.9", "learner.beta=0.04", "learner.lr=5e-6", "rewards.functions=[reference]",
                   "data.max_prompt_tokens=256", "data.system_prompt=" + json.dumps(_reference_prompt())]
+    if args.steps < 1:
+        raise AharlError("--steps must be at least 1")
     config = _bench_config(args, extra)
     print(f"aharl: {args.steps} steps", flush=True)
     aharl_summary = bench.summarise_steps(bench.aharl_steps(config, args.steps))
