@@ -40,13 +40,24 @@ def run_directory(config: Config) -> Path:
     return Path(config.logging.output_dir) / name
 
 
+def prepare_run_directory(run_dir: Path) -> None:
+    """Create ``run_dir``; an earlier run's files there move to ``previous-<time>/``, never overwritten."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    earlier = [p for p in run_dir.iterdir() if not p.name.startswith("previous-")]
+    if earlier:
+        keep = run_dir / time.strftime("previous-%Y%m%d-%H%M%S", time.localtime((run_dir / "config.yaml").stat().st_mtime if (run_dir / "config.yaml").exists() else time.time()))
+        keep.mkdir(exist_ok=True)
+        for path in earlier:
+            path.rename(keep / path.name)
+
+
 def train(config: Config, print_fn=print) -> RunResult:
     from aharl.launch.cluster import Cluster, connect_ray
     from aharl.rewards.pool import RewardPool
 
     device = resolve_device(config)
     run_dir = run_directory(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_directory(run_dir)
     (run_dir / "config.yaml").write_text(dump_config(config))
 
     # config -> prompts
