@@ -44,11 +44,13 @@ def prepare_run_directory(run_dir: Path) -> None:
     """Create ``run_dir``; an earlier run's files there move to ``previous-<time>/``, never overwritten."""
     run_dir.mkdir(parents=True, exist_ok=True)
     earlier = [p for p in run_dir.iterdir() if not p.name.startswith("previous-")]
-    if earlier:
-        keep = run_dir / time.strftime("previous-%Y%m%d-%H%M%S", time.localtime((run_dir / "config.yaml").stat().st_mtime if (run_dir / "config.yaml").exists() else time.time()))
-        keep.mkdir(exist_ok=True)
-        for path in earlier:
-            path.rename(keep / path.name)
+    if not earlier:
+        return
+    started = max(p.stat().st_mtime for p in earlier)
+    keep = run_dir / time.strftime("previous-%Y%m%d-%H%M%S", time.localtime(started))
+    keep.mkdir(exist_ok=True)
+    for path in earlier:
+        path.rename(keep / path.name)
 
 
 def train(config: Config, print_fn=print) -> RunResult:
