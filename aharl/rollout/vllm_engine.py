@@ -7,6 +7,7 @@ and are reached through ``collective_rpc``.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from aharl.config import Config
@@ -42,6 +43,19 @@ def engine_kwargs(config: Config, device: str) -> dict[str, Any]:
     return kwargs
 
 
+def use_every_core() -> None:
+    """Let vLLM-CPU decode on every core this process may use.
+
+    By default vLLM-CPU binds its threads to one core per physical core and
+    reserves one for its front end; on a 2-core machine that leaves decoding a
+    single core, while in aharl generation and the update take turns (measured
+    here: 300 -> 491 tokens/s at 8x8). A user's own settings win.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cores))
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
 class VLLMEngine:
     """A vLLM ``LLM`` that returns :class:`RolloutGroup` objects."""
 
@@ -51,6 +65,8 @@ class VLLMEngine:
         self.kwargs = engine_kwargs(config, device)
         self.device = device
         self.sleeping = False
+        if device == "cpu":
+            use_every_core()
         self.llm = LLM(**self.kwargs)
 
     def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
