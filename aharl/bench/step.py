@@ -76,7 +76,7 @@ def trl_steps(config: Config, steps: int) -> list[dict[str, float]]:
         adam_beta1=lc.betas[0],
         adam_beta2=lc.betas[1],
         weight_decay=lc.weight_decay,
-        warmup_ratio=lc.warmup_ratio,
+        warmup_steps=lc.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
         lr_scheduler_type=lc.lr_scheduler,
         max_grad_norm=lc.max_grad_norm,
         gradient_checkpointing=lc.gradient_checkpointing,
