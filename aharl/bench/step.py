@@ -151,7 +151,7 @@ def plot(aharl: dict[str, float], trl: dict[str, float] | None, path: str, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
     left = 0.0
     for phase in PHASES:
         ax.barh("aharl", aharl[phase], left=left, label=phase)
@@ -160,7 +160,7 @@ def plot(aharl: dict[str, float], trl: dict[str, float] | None, path: str, title
         ax.barh("TRL GRPOTrainer", trl["step"], color="grey", label="TRL (whole step)")
     ax.set_xlabel("seconds per step")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
