@@ -101,6 +101,16 @@ def test_training_loop_raises_the_reward(ray_local, toy):
     for phase in ("generate", "reward", "train", "sync"):
         assert all(m[f"time/{phase}"] > 0 for m in history)
 
+    # The exported policy loads in transformers and is the trained one, not the initial one.
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(result.run_dir / "final")
+    initial = AutoModelForCausalLM.from_pretrained(model_dir)
+    moved = [n for n, p in trained.named_parameters() if not torch.equal(p, dict(initial.named_parameters())[n])]
+    assert moved, "the exported weights equal the initial ones"
+    prompt = load_tokenizer(str(result.run_dir / "final"))("Hello", return_tensors="pt")
+    assert trained.generate(**prompt, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == prompt["input_ids"].shape[1] + 3
+
 
 def test_same_loop_does_not_learn_with_the_advantage_sign_flipped(ray_local, toy, monkeypatch):
     model_dir, reward_file, root = toy

@@ -101,6 +101,9 @@ class Cluster:
     def rollout_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
         return ray.get(self.rollout.completion_logprobs.remote(prompt_ids, completion_ids))
 
+    def export_policy(self, directory: str) -> str:
+        return ray.get([learner.export_hf.remote(directory) for learner in self.learners])[0]
+
     def shutdown(self) -> None:
         for actor in [self.rollout, *self.learners]:
             ray.kill(actor, no_restart=True)

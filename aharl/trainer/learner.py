@@ -279,6 +279,31 @@ class Learner:
         torch.cuda.synchronize()
         return count
 
+    def export_hf(self, directory: str) -> str | None:
+        """Write the policy as a Hugging Face directory (safetensors + config), atomically.
+
+        Every rank takes part (ZeRO-3 gathers); rank 0 writes into a temporary
+        directory and renames it, so a crash mid-write never leaves a half directory.
+        """
+        import shutil
+        import tempfile
+
+        state = {name: tensor.to("cpu") for name, tensor in self.named_weights()}
+        if self.rank != 0:
+            return None
+        target = os.path.abspath(directory)
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+        try:
+            self.engine.module.save_pretrained(staging, state_dict=state)
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
     def parameter_checksum(self) -> float:
         with torch.no_grad():
             return float(sum(t.double().abs().sum().item() for _, t in self.named_weights()))

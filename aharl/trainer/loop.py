@@ -122,6 +122,10 @@ def train(config: Config, print_fn=print) -> RunResult:
             result.history.append(metrics)
             if step % config.logging.every_steps == 0 or step == total_steps:
                 print_fn(format_step(step, total_steps, metrics))
+        # The trained policy, loadable by transformers and vLLM.
+        final = cluster.export_policy(str(run_dir / "final"))
+        tokenizer.save_pretrained(final)
+        print_fn(f"policy saved to {final}")
     finally:
         rewards.shutdown()
         cluster.shutdown()
