@@ -148,12 +148,13 @@ def _bench_rollout(args: argparse.Namespace) -> int:
 
 def _bench_step(args: argparse.Namespace) -> int:
     from aharl.bench import step as bench
+    from aharl.data.system_prompts import REFERENCE_SYSTEM_PROMPT
 
     extra = ["logging.run_name=bench-step-aharl", f"logging.output_dir={args.out}"]
     if args.reference:
         extra += ["rollout.n=16", "learner.prompts_per_step=4", "learner.micro_batch_prompts=1", "rollout.max_tokens=200",
                   "rollout.temperature=0.9", "learner.beta=0.04", "learner.lr=5e-6", "rewards.functions=[reference]",
-                  "data.max_prompt_tokens=256", "data.system_prompt=" + json.dumps(_reference_prompt())]
+                  "data.max_prompt_tokens=256", "data.system_prompt=" + json.dumps(REFERENCE_SYSTEM_PROMPT)]
     if args.steps < 1:
         raise AharlError("--steps must be at least 1")
     config = _bench_config(args, extra)
@@ -175,12 +176,6 @@ def _bench_step(args: argparse.Namespace) -> int:
     print(table, end="")
     print(f"wrote {out}/step.json, step.md, step.png")
     return 0
-
-
-def _reference_prompt() -> str:
-    from aharl.data.system_prompts import REFERENCE_SYSTEM_PROMPT
-
-    return REFERENCE_SYSTEM_PROMPT
 
 
 def _out_dir(path: str) -> Path:
