@@ -104,6 +104,13 @@ class Cluster:
     def export_policy(self, directory: str) -> str:
         return ray.get([learner.export_hf.remote(directory) for learner in self.learners])[0]
 
+    def save_learner_state(self, directory: str) -> None:
+        """Every rank writes its part (a directory all ranks can reach: one node, or a shared filesystem)."""
+        ray.get([learner.save_state.remote(directory) for learner in self.learners])
+
+    def load_learner_state(self, directory: str) -> None:
+        ray.get([learner.load_state.remote(directory) for learner in self.learners])
+
     def shutdown(self) -> None:
         for actor in [self.rollout, *self.learners]:
             ray.kill(actor, no_restart=True)

@@ -22,6 +22,8 @@ from aharl.trainer.batch import MicroBatch, pad_sequences
 from aharl.trainer.logprobs import token_entropy, token_logprobs
 from aharl.trainer.loss import grpo_loss
 
+CHECKPOINT_TAG = "state"
+
 
 def resolve_device(config: Config) -> str:
     """``cuda`` or ``cpu`` for ``placement.device=auto``."""
@@ -303,6 +305,46 @@ class Learner:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    # ------------------------------------------------------------------
+    # Checkpoints
+
+    def save_state(self, directory: str) -> None:
+        """DeepSpeed's checkpoint (weights, optimizer, scheduler) plus this rank's RNG states.
+
+        Every rank calls this with the same ``directory`` (a filesystem all
+        ranks share); each writes its own ZeRO shard.
+        """
+        self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"rng": self._rng_state()}, save_latest=False)
+
+    def load_state(self, directory: str) -> None:
+        path, client_state = self.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{CHECKPOINT_TAG}")
+        rng = (client_state or {}).get("rng")
+        if rng is not None:
+            self._restore_rng_state(rng)
+
+    def _rng_state(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+
+        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def _restore_rng_state(self, state: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
 
     def parameter_checksum(self) -> float:
         with torch.no_grad():
