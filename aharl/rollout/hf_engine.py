@@ -46,11 +46,11 @@ class HFEngine:
         for i, ids in enumerate(repeated):
             input_ids[i, width - len(ids) :] = torch.tensor(ids)
             attention[i, width - len(ids) :] = 1
+        greedy = settings.temperature == 0  # evaluation's greedy mode; training always samples
+        sampling = {} if greedy else {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0}
         generation = GenerationConfig(
-            do_sample=True,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            top_k=0,
+            do_sample=not greedy,
+            **sampling,
             max_new_tokens=settings.max_tokens,
             eos_token_id=None if settings.ignore_eos else self.eos_id,
             pad_token_id=self.pad_id,

@@ -1,0 +1,78 @@
+"""What an evaluation measures, as pure functions of (completion, gold answer).
+
+Two accuracies, because they answer different questions:
+
+- ``accuracy_exact`` is the reference recipe's own judge: the text inside the
+  last ``<answer>`` tags (or the whole text) must equal the gold string, so
+  ``1,080`` against ``1080`` is wrong. This is what the reference's
+  "before / after" comparison counts.
+- ``accuracy_numeric`` is what GSM8K papers report: the stated number (inside
+  the answer tags if any, else the last number written) equals the gold
+  number, whatever its formatting.
+
+Format compliance uses the reference's two regexes unchanged: ``format_strict``
+(the exact newline layout) and ``format_soft`` (tags in order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from aharl.rewards.arithmetic import stated_answer
+from aharl.rewards.corrected import numbers_equal
+from aharl.rewards.reference import SOFT_FORMAT, STRICT_FORMAT, extract_answer
+
+
+@dataclass(frozen=True)
+class AnswerJudgement:
+    """How one completion fares against its gold answer."""
+
+    exact: bool
+    numeric: bool
+    format_strict: bool
+    format_soft: bool
+    tokens: int
+    truncated: bool
+
+
+def judge(text: str, gold: str, tokens: int, truncated: bool) -> AnswerJudgement:
+    stated = stated_answer(text)
+    return AnswerJudgement(
+        exact=extract_answer(text) == gold,
+        numeric=stated is not None and numbers_equal(stated, gold),
+        format_strict=STRICT_FORMAT.match(text) is not None,
+        format_soft=SOFT_FORMAT.match(text) is not None,
+        tokens=tokens,
+        truncated=truncated,
+    )
+
+
+def summarise(judgements: Sequence[Sequence[AnswerJudgement]]) -> dict[str, float]:
+    """Means over every completion, plus pass@n (any of a question's n samples right) when n > 1.
+
+    ``judgements[q]`` holds question ``q``'s completions (one in greedy mode).
+    """
+    flat = [j for per_question in judgements for j in per_question]
+    if not flat:
+        raise ValueError("nothing to summarise: no completions")
+    count = len(flat)
+    summary = {
+        "questions": float(len(judgements)),
+        "completions": float(count),
+        "accuracy_exact": sum(j.exact for j in flat) / count,
+        "accuracy_numeric": sum(j.numeric for j in flat) / count,
+        "format_strict": sum(j.format_strict for j in flat) / count,
+        "format_soft": sum(j.format_soft for j in flat) / count,
+        "mean_length": sum(j.tokens for j in flat) / count,
+        "truncated": sum(j.truncated for j in flat) / count,
+    }
+    samples = max(len(q) for q in judgements)
+    if samples > 1:
+        summary[f"pass@{samples}_numeric"] = sum(any(j.numeric for j in q) for q in judgements) / len(judgements)
+        summary[f"pass@{samples}_exact"] = sum(any(j.exact for j in q) for q in judgements) / len(judgements)
+    return summary
+
+
+def judgement_record(judgement: AnswerJudgement) -> dict[str, Any]:
+    return asdict(judgement)
