@@ -1,0 +1,1 @@
+"""Watching a run: the metrics file and samples, wandb, the progress line and plots."""

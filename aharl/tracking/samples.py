@@ -1,0 +1,40 @@
+"""``samples.jsonl``: per step, which prompts were trained on and a few groups' completions.
+
+The prompt indices make a run auditable (a resumed run can be checked to see
+the same prompts in the same order); the completions are what a user reads
+to see what the policy is actually writing, as TRL's completion logs do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from aharl.types import ScoredGroup
+
+
+def sample_rows(scored: Sequence[ScoredGroup], groups: int) -> list[dict[str, Any]]:
+    """Every completion of the first ``groups`` groups, with its reward."""
+    rows = []
+    for sg in scored[:groups]:
+        prompt = sg.group.prompt
+        for i, completion in enumerate(sg.group.completions):
+            rows.append({"question": prompt.question, "gold": prompt.answer, "completion": completion.text, "reward": sg.total[i]})
+    return rows
+
+
+class SamplesLog:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "samples.jsonl"
+
+    def write(self, step: int, scored: Sequence[ScoredGroup], rows: list[dict[str, Any]]) -> None:
+        record = {"step": step, "prompt_indices": [sg.group.prompt.index for sg in scored], "samples": rows}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_step_records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
