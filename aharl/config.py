@@ -167,16 +167,38 @@ class LoggingConfig:
     output_dir: str = "runs"
     run_name: str | None = None
     every_steps: int = 1
+    # Groups per step whose completions go to samples.jsonl (and the wandb table).
+    samples_per_step: int = 2
+    # ``offline`` writes a wandb run under the run directory (``wandb sync`` uploads it later).
     wandb_mode: Literal["off", "online", "offline"] = "off"
     wandb_project: str = "aharl"
+    wandb_entity: str | None = None
+    # PNG plots of the metrics at the end of the run (also: ``aharl plot RUN_DIR``).
+    plots: bool = True
 
 
 @dataclass
 class CheckpointConfig:
-    """When learner state is saved."""
+    """When the run's state is saved (also at the last step and on SIGINT/SIGTERM)."""
 
     every_steps: int = 100
     keep_last: int = 3
+
+
+@dataclass
+class EvalConfig:
+    """Greedy evaluation on held-out questions: before training, every K steps, and after."""
+
+    # 0: evaluate only before and after training.
+    every_steps: int = 0
+    # Size of the eval set; 0 turns evaluation and the before/after report off.
+    num_questions: int = 64
+    # A separate eval set (hub id or file, read like data.source, with eval.split);
+    # null holds out the last num_questions prompts of the training data.
+    source: str | None = None
+    split: str = "test"
+    # Questions shown side by side in the before/after report (report.md, report.html).
+    report_questions: int = 16
 
 
 @dataclass
@@ -192,6 +214,10 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # ``auto``: continue from the latest checkpoint of this run (start fresh if none);
+    # a path: that checkpoint (or run directory); null: start fresh.
+    resume: str | None = None
 
     @property
     def grad_accum_steps(self) -> int:
@@ -443,6 +469,12 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
     require(c.logging.every_steps >= 1, "logging.every_steps", f"= {c.logging.every_steps} must be at least 1", "set it to 1")
     require(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", f"= {c.checkpoint.every_steps} must be at least 1", "set it to e.g. 100")
     require(c.checkpoint.keep_last >= 1, "checkpoint.keep_last", f"= {c.checkpoint.keep_last} must be at least 1", "set it to e.g. 3")
+    require(c.logging.samples_per_step >= 0, "logging.samples_per_step", f"= {c.logging.samples_per_step} must not be negative", "set it to e.g. 2")
+    e = c.eval
+    require(e.every_steps >= 0, "eval.every_steps", f"= {e.every_steps} must not be negative", "set it to 0 (before and after only) or e.g. 50")
+    require(e.num_questions >= 0, "eval.num_questions", f"= {e.num_questions} must not be negative", "set it to 0 (no evaluation) or e.g. 64")
+    require(e.report_questions >= 0, "eval.report_questions", f"= {e.report_questions} must not be negative", "set it to e.g. 16")
+    require(e.source is None or bool(e.source.strip()), "eval.source", "is empty", "give a hub id or a local file, or null to hold out training prompts")
     _check_reward_names(c, sources)
 
 

@@ -42,32 +42,36 @@ def build_tiny_model(directory: Path, tokenizer) -> Path:
 
 
 def toy_config(model_dir: Path, run_dir: Path, reward_file: Path, *overrides: str) -> Config:
-    return load_config(
-        None,
-        [
-            f"model.path={model_dir}",
-            "data.source=synthetic",
-            "data.answer_extractor=plain",
-            "data.system_prompt=''",
-            "data.max_prompt_tokens=96",
-            "data.synthetic.num_examples=400",
-            "rollout.n=8",
-            "rollout.temperature=1.0",
-            "rollout.max_tokens=8",
-            "rollout.gpu_memory_utilization=0.05",
-            f"rewards.functions=[{reward_file}:vowels]",
-            "rewards.num_workers=1",
-            "learner.lr=2e-2",
-            "learner.lr_scheduler=constant_with_warmup",
-            "learner.warmup_ratio=0.0",
-            "learner.prompts_per_step=4",
-            "learner.micro_batch_prompts=2",
-            "learner.max_steps=16",
-            "learner.beta=0.0",
-            "learner.max_grad_norm=1.0",
-            "learner.gradient_checkpointing=false",
-            f"logging.output_dir={run_dir}",
-            "logging.run_name=toy",
-            *overrides,
-        ],
-    )
+    return load_config(None, toy_overrides(model_dir, run_dir, reward_file, *overrides))
+
+
+def toy_overrides(model_dir: Path, run_dir: Path, reward_file: Path, *overrides: str) -> list[str]:
+    """The toy run as command-line overrides (``aharl train`` takes them as they are)."""
+    return [
+        f"model.path={model_dir}",
+        "data.source=synthetic",
+        "data.answer_extractor=plain",
+        "data.system_prompt=''",
+        "data.max_prompt_tokens=96",
+        "data.synthetic.num_examples=400",
+        "rollout.n=8",
+        "rollout.temperature=1.0",
+        "rollout.max_tokens=8",
+        "rollout.gpu_memory_utilization=0.05",
+        f"rewards.functions=[{reward_file}:vowels]",
+        "rewards.num_workers=1",
+        "learner.lr=2e-2",
+        "learner.lr_scheduler=constant_with_warmup",
+        "learner.warmup_ratio=0.0",
+        "learner.prompts_per_step=4",
+        "learner.micro_batch_prompts=2",
+        "learner.max_steps=16",
+        "learner.beta=0.0",
+        "learner.max_grad_norm=1.0",
+        "learner.gradient_checkpointing=false",
+        f"logging.output_dir={run_dir}",
+        "logging.run_name=toy",
+        "logging.plots=false",
+        "eval.num_questions=0",
+        *overrides,
+    ]

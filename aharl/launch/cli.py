@@ -67,6 +67,34 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("overrides", nargs="*")
     step.set_defaults(run=_bench_step)
 
+    evaluate = commands.add_parser("eval", help="accuracy and format compliance of a model on GSM8K-style questions (JSON)")
+    evaluate.add_argument("--model", required=True, help="a local HF directory (e.g. runs/NAME/final), a hub id, or smollm2-135m-instruct")
+    evaluate.add_argument("--data", required=True, help="a .jsonl/.json/.parquet/.csv file or a hub id with question/answer columns")
+    evaluate.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
+    evaluate.add_argument("--limit", type=int, help="evaluate only the first N questions")
+    evaluate.add_argument("--modes", default="greedy,sampled", help="greedy, sampled, or both (default)")
+    evaluate.add_argument("--samples", type=int, default=4, help="answers per question in sampled mode (reports pass@N too)")
+    evaluate.add_argument("--temperature", type=float, default=0.9, help="sampled mode's temperature")
+    evaluate.add_argument("--max-tokens", type=int, default=200)
+    evaluate.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="auto: vLLM, or HF generate where vLLM is missing")
+    evaluate.add_argument("--config", help="a training config whose data/system prompt/rewards to use (default: the reference's)")
+    evaluate.add_argument("--rewards", help="reward functions to score answers with (default: the config's)")
+    evaluate.add_argument("--output", help="write the JSON here as well as to stdout")
+    evaluate.add_argument("--answers", help="write every answer with its judgement to this JSONL file")
+    evaluate.add_argument("overrides", nargs="*", help="config overrides, e.g. data.system_prompt=...")
+    evaluate.set_defaults(run=_eval)
+
+    plot = commands.add_parser("plot", help="PNG plots of a run's metrics (rewards, KL, length, timings, eval)")
+    plot.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
+    plot.set_defaults(run=_plot)
+
+    report = commands.add_parser("report", help="before/after report (Markdown + HTML) from two `aharl eval --output` files")
+    report.add_argument("before", help="JSON from `aharl eval` of the initial model")
+    report.add_argument("after", help="JSON from `aharl eval` of the trained model")
+    report.add_argument("--out", default="runs/report", help="directory for report.md and report.html")
+    report.add_argument("--questions", type=int, default=16, help="questions shown side by side")
+    report.set_defaults(run=_report)
+
     config = commands.add_parser("config", help="inspect configs").add_subparsers(title="config commands")
     show = config.add_parser("show", help="print the resolved config (file + overrides)")
     show.add_argument("file", help="YAML config")
@@ -93,14 +121,36 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.overrides)  # fails fast, before anything starts
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = train(config, print_fn=lambda line: print(line, flush=True))
+        result = train(config)
     except RayError as exc:
         # The actor's own traceback is already in the log above; say which part failed, in one line.
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         print(f"aharl: error: an actor failed ({type(exc).__name__}: {first[:300]}); its log is above", file=sys.stderr)
         return 1
+    if result.stopped_by:
+        return result.exit_code
     print(f"done: metrics in {result.run_dir / 'metrics.jsonl'}")
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from aharl.evaluation.cli import run_eval_command
+
+    return run_eval_command(args)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from aharl.tracking.plots import plot_run
+
+    paths = plot_run(Path(args.run_dir))
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from aharl.evaluation.cli import run_report_command
+
+    return run_report_command(args)
 
 
 def _bench_config(args: argparse.Namespace, extra: list[str]):

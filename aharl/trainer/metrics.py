@@ -50,3 +50,25 @@ def format_step(step: int, total: int, m: dict[str, float]) -> str:
         f" | kl {m.get('kl', 0.0):.4f} | clip {m.get('clip_fraction', 0.0):.3f} | logp_diff {m.get('sync/logp_diff', 0.0):.4f}"
         f" | {times}{errors}"
     )
+
+
+def truncate_after(path: Path, step: int) -> int:
+    """Drop the JSONL records of steps after ``step`` (logged after the checkpoint a run resumes from).
+
+    Returns how many lines were dropped; a torn last line (a kill mid-write) goes too.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    path.write_text("".join(line + "\n" for line in kept))
+    return dropped
