@@ -10,8 +10,11 @@ Two accuracies, because they answer different questions:
   the answer tags if any, else the last number written) equals the gold
   number, whatever its formatting.
 
-Format compliance uses the reference's two regexes unchanged: ``format_strict``
-(the exact newline layout) and ``format_soft`` (tags in order).
+Format compliance asks whether the answer follows the prompt's layout:
+``format_strict`` (the exact newline layout) and ``format_soft`` (reasoning
+then answer tags). It uses the reference's regexes with ``re.DOTALL``, so
+reasoning over several lines counts; the reference rewards themselves, with
+their single-line quirk, are reported per answer among its rewards.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from aharl.rewards.arithmetic import stated_answer
-from aharl.rewards.corrected import numbers_equal
-from aharl.rewards.reference import SOFT_FORMAT, STRICT_FORMAT, extract_answer
+from aharl.rewards.corrected import SOFT_FORMAT_MULTILINE, STRICT_FORMAT_MULTILINE, numbers_equal
+from aharl.rewards.reference import extract_answer
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,8 @@ def judge(text: str, gold: str, tokens: int, truncated: bool) -> AnswerJudgement
     return AnswerJudgement(
         exact=extract_answer(text) == gold,
         numeric=stated is not None and numbers_equal(stated, gold),
-        format_strict=STRICT_FORMAT.match(text) is not None,
-        format_soft=SOFT_FORMAT.match(text) is not None,
+        format_strict=STRICT_FORMAT_MULTILINE.match(text) is not None,
+        format_soft=SOFT_FORMAT_MULTILINE.match(text) is not None,
         tokens=tokens,
         truncated=truncated,
     )

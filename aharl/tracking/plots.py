@@ -77,7 +77,8 @@ def plot_run(run_dir: Path) -> list[Path]:
             label = f"{label} ({window}-step mean)"
         ax.plot(steps, values, label=label, **style)
 
-    reward_keys = sorted(k for k in rows[-1] if k.startswith("reward/") and k != "reward/total" and k not in NOT_A_REWARD)
+    keys = {k for r in rows for k in r}
+    reward_keys = sorted(k for k in keys if k.startswith("reward/") and k != "reward/total" and k not in NOT_A_REWARD)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for key in reward_keys:
         line(axes[0], key, key.split("/", 1)[1])

@@ -254,7 +254,10 @@ def finish_run(config, run_dir: Path, cluster, tokenizer, eval_prompts, run_eval
     print_fn(f"policy saved to {final}")
     if eval_prompts:
         after = run_eval("after")
-        wandb.log(last_logged_step(run_dir), {f"eval_final/{k}": v for k, v in after.summary.items()})
+        final_metrics = {f"eval/{k}": v for k, v in after.summary.items()}
+        step = last_logged_step(run_dir)
+        MetricsLog(run_dir).write(step, final_metrics)  # an eval-only row, as the one of step 0
+        wandb.log(step, final_metrics)
         before = load_eval(run_dir, "before")
         if before is not None:
             md, page = write_report(run_dir, f"{run_dir.name}: before and after training", before, after, config.eval.report_questions)
@@ -271,7 +274,8 @@ def finish_run(config, run_dir: Path, cluster, tokenizer, eval_prompts, run_eval
 
 
 def last_logged_step(run_dir: Path) -> int:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
     return json.loads(lines[-1])["step"] if lines else 0
 
 
