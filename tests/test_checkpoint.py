@@ -108,3 +108,18 @@ def test_steps_logged_after_the_checkpoint_are_dropped_on_resume(tmp_path):
     path.write_text("\n".join(lines) + "\n" + '{"step": 6, "rew')  # a line torn by the kill
     assert truncate_after(path, 3) == 3
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2, 3]
+
+
+def test_train_with_a_missing_resume_path_fails_in_one_line_before_starting(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run(
+        [sys.executable, "-m", "aharl.launch.cli", "train", "configs/quickstart.yaml", f"resume={tmp_path / 'gone'}", f"logging.output_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"aharl: error: resume={tmp_path / 'gone'}: no checkpoint there; pass runs/NAME/checkpoints/step-N, a run directory (runs/NAME), or resume=auto"]
+    assert not (tmp_path / "quickstart").exists()  # nothing started, nothing written

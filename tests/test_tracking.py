@@ -35,7 +35,7 @@ def write_metrics(run_dir, steps: int) -> None:
         rows.append({
             "step": s, "reward/total": s / steps, "reward/answer_number": s / (2 * steps), "reward/brevity": 0.25,
             "reward/errors": 0.0, "reward/zero_spread_groups": 0.5, "kl": 0.001 * s, "completion/length": 40 - s,
-            "completion/max_length": 48, "time/generate": 2.0, "time/reward": 0.01, "time/reference": 0.0, "time/train": 15.0, "time/sync": 0.5,
+            "completion/max_length": 48, "time/step": 17.5, "time/generate": 2.0, "time/reward": 0.01, "time/reference": 0.0, "time/train": 15.0, "time/sync": 0.5,
         })
     rows.append({"step": steps, "eval/accuracy_numeric": 0.6, "eval/accuracy_exact": 0.1})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 99, "rew')

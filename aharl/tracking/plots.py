@@ -53,6 +53,7 @@ def plot_run(run_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = read_metrics(run_dir)
     out = run_dir / "plots"
@@ -61,6 +62,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     written = []
 
     def save(fig, name: str) -> None:
+        for ax in fig.axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         path = out / name
         fig.savefig(path, dpi=110)
@@ -103,8 +106,9 @@ def plot_run(run_dir: Path) -> list[Path]:
         save(fig, name)
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    steps = [r["step"] for r in rows]
-    stacks = [[r.get(f"time/{phase}") or 0.0 for r in rows] for phase in PHASES]
+    timed = [r for r in rows if r.get("time/step") is not None]  # training steps, not evaluation-only rows
+    steps = [r["step"] for r in timed]
+    stacks = [[r.get(f"time/{phase}") or 0.0 for r in timed] for phase in PHASES]
     ax.stackplot(steps, stacks, labels=list(PHASES), alpha=0.85)
     ax.set_title("seconds per step, by phase")
     ax.set_xlabel("step")

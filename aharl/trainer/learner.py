@@ -299,6 +299,7 @@ class Learner:
         staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
         try:
             self.engine.module.save_pretrained(staging, state_dict=state)
+            os.chmod(staging, 0o755)  # mkdtemp makes it private; the export is for others to read
             if os.path.exists(target):
                 shutil.rmtree(target)
             os.rename(staging, target)

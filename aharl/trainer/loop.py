@@ -124,6 +124,9 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_after(run_dir / name, state.step)
     start_step = state.step + 1 if state else 1
+    if start_step > total_steps:
+        print_fn(f"{resume_from} is step {state.step} of {total_steps}: the run is complete (raise learner.max_steps or learner.epochs to train on)")
+        return RunResult(run_dir, last_step=state.step, checkpoint=resume_from)
 
     wandb = WandbRun(config, run_dir, state.wandb_run_id if state else None)
     connect_ray()
