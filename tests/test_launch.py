@@ -70,9 +70,13 @@ def test_ray_job_submit_runs_training_on_a_started_cluster(tmp_path, smollm2_tok
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]
         assert "succeeded" in submitted.stdout
         assert "step 2/2" in submitted.stdout  # the per-step lines reach the submitter
-        lines = (runs / "job" / "metrics.jsonl").read_text().splitlines()
-        assert [json.loads(line)["step"] for line in lines] == [1, 2]
-        assert all(json.loads(line)["sync/logp_diff"] < 1e-3 for line in lines)
+        rows = [json.loads(line) for line in (runs / "job" / "metrics.jsonl").read_text().splitlines()]
+        steps = [row for row in rows if "reward/total" in row]
+        assert [row["step"] for row in steps] == [1, 2]
+        assert all(row["sync/logp_diff"] < 1e-3 for row in steps)
+        # The quickstart's held-out evaluation ran before and after, and its report was written.
+        assert [row["step"] for row in rows if "eval/accuracy_numeric" in row] == [0, 2]
+        assert (runs / "job" / "report.html").is_file()
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
