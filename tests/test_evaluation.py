@@ -28,6 +28,7 @@ STRICT = "<reasoning>\nadd them\n</reasoning>\n<answer>\n1080\n</answer>\n"
         ("So the answer is 42.", "42", False, True, False, False),  # the last number, no tags
         ("<reasoning>x</reasoning> <answer>5</answer>", "6", False, False, False, True),
         ("I do not know.", "3", False, False, False, False),
+        ("The answer is 3.\nJack has 2 + 1 = ", "1", False, False, False, False),  # cut off mid-sum: 1 is an operand
     ],
 )
 def test_judge_separates_the_reference_exact_match_from_numeric_equality(text, gold, exact, numeric, strict, soft):

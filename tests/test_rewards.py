@@ -260,6 +260,13 @@ def test_arithmetic_rewards():
 
     assert arithmetic.stated_answer("3 + 4 = 7 apples") == "7"
     assert arithmetic.stated_answer("<answer>12</answer> and 99") == "12"  # tags win over the last number
+    # An operand is not an answer: a completion cut off mid-sum states what it said before.
+    assert arithmetic.stated_answer("The answer is 3.\n\nJack has 2 + 1 = ") == "3"
+    assert arithmetic.stated_answer("6 x 2 = 12. Emma has 12 cards.") == "12"
+    assert arithmetic.stated_answer("1,080 - 10 = 1,070.") == "1,070"
+    assert arithmetic.stated_answer("She has 5 xylophones.") == "5"  # "x" in a word is no operator
+    assert arithmetic.stated_answer("So 4 * 2 =") is None
+    assert one(arithmetic.answer_number, "Jack has 2 + 1 =", "1") == 0.0
     assert one(arithmetic.answer_number, "So he has 3 + 4 = 7.", "7") == 1.0
     assert one(arithmetic.answer_number, "So he has 7 apples, not 8.", "7") == 0.0
     assert one(arithmetic.answer_tags, "<answer>7</answer>") == 0.5

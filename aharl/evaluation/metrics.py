@@ -7,8 +7,10 @@ Two accuracies, because they answer different questions:
   ``1,080`` against ``1080`` is wrong. This is what the reference's
   "before / after" comparison counts.
 - ``accuracy_numeric`` is what GSM8K papers report: the stated number (inside
-  the answer tags if any, else the last number written) equals the gold
-  number, whatever its formatting.
+  the answer tags if any, else the last number written that is not followed
+  by an operator or "=") equals the gold number, whatever its formatting. A
+  completion cut off in the middle of "2 + 1 =" is judged on what it stated
+  before, not on the operand 1.
 
 Format compliance asks whether the answer follows the prompt's layout:
 ``format_strict`` (the exact newline layout) and ``format_soft`` (reasoning

@@ -3,7 +3,8 @@
 An untrained SmolLM2-135M never writes the reference's XML tags, so the five
 reference rewards are 0 for every sample and GRPO has nothing to compare.
 These give partial credit a small model can climb: the right number (inside
-``<answer>`` tags if there are any, else the last number written) and a short
+``<answer>`` tags if there are any, else the last number written that is not
+an operand of a sum) and a short
 answer that states a number.
 """
 
@@ -15,19 +16,22 @@ from aharl.rewards.corrected import numbers_equal
 from aharl.rewards.reference import per_completion
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+# A number followed by an operator or "=" is an operand, never the answer: the
+# text "The answer is 3. Jack has 2 + 1 =" (cut off at max_tokens) states 3, not 1.
+_STATED_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?![\d,.]*\s*(?:[-+*/\u00d7\u00f7=]|x(?![a-zA-Z])))")
 # Full brevity credit up to FULL_CREDIT_CHARS, none past ZERO_CREDIT_CHARS.
 FULL_CREDIT_CHARS = 100
 ZERO_CREDIT_CHARS = 200
 
 
 def stated_answer(text: str) -> str | None:
-    """The number inside the last ``<answer>`` tags, else the last number in the text."""
+    """The number inside the last ``<answer>`` tags, else the last number in the text that is not an operand."""
     if "<answer>" in text:
         inside = text.split("<answer>")[-1].split("</answer>")[0]
         found = _NUMBER.findall(inside)
         if found:
             return found[-1]
-    found = _NUMBER.findall(text)
+    found = _STATED_NUMBER.findall(text)
     return found[-1] if found else None
 
 
