@@ -89,3 +89,29 @@ def test_pack_and_unpack_round_trip_mixed_dtypes():
     out = dict(unpack_bucket(packed, meta))
     for name, tensor in tensors.items():
         assert out[name].dtype == tensor.dtype and torch.equal(out[name], tensor)
+
+
+def test_only_the_expected_reload_warnings_are_silenced():
+    """vLLM warns on every sync for layers that get no tensor; only the ones aharl accounts for are dropped."""
+    import logging
+
+    from aharl.rollout.worker_extension import ExpectedReloadGaps
+
+    def kept(flt: logging.Filter, layer: str, msg: str = "%s: Failed to load weights") -> bool:
+        return flt.filter(logging.LogRecord("vllm", logging.WARNING, __file__, 1, msg, (layer,), None))
+
+    tied = ExpectedReloadGaps(frozenset({"RotaryEmbedding", "ParallelLMHead"}))
+    untied = ExpectedReloadGaps(frozenset({"RotaryEmbedding"}))
+    assert not kept(tied, "RotaryEmbedding") and not kept(tied, "ParallelLMHead")
+    assert kept(untied, "ParallelLMHead")  # an untied LM head left unloaded is a real gap: shown
+    assert kept(tied, "QKVParallelLinear")
+    assert kept(tied, "RotaryEmbedding", "%s: Delayed processing")
+
+
+def test_rollout_actor_logs_vllm_warnings_only_unless_the_user_chose(monkeypatch):
+    from aharl.launch.cluster import rollout_env
+
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+    assert rollout_env() == {"VLLM_LOGGING_LEVEL": "WARNING"}
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")
+    assert rollout_env() == {"VLLM_LOGGING_LEVEL": "DEBUG"}

@@ -32,6 +32,16 @@ def connect_ray() -> None:
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, logging_level="WARNING")
 
 
+def rollout_env() -> dict[str, str]:
+    """Environment of the rollout actor: vLLM logs warnings and errors only, unless the user chose a level.
+
+    At INFO vLLM prints two lines per weight sync (reload time, prefix-cache
+    reset), which buries the one line per step that aharl prints;
+    ``VLLM_LOGGING_LEVEL=INFO aharl train ...`` brings them back.
+    """
+    return {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+
+
 class Cluster:
     def __init__(self, config: Config, device: str, total_steps: int, run_id: str) -> None:
         self.config = config
@@ -49,7 +59,7 @@ class Cluster:
             from aharl.rollout.vllm_engine import VLLMEngine as engine_class
         else:
             from aharl.rollout.hf_engine import HFEngine as engine_class
-        self.rollout = self._place(engine_class, self.layout.rollout).remote(config, device)
+        self.rollout = self._place(engine_class, self.layout.rollout, rollout_env()).remote(config, device)
         ray.get(self.rollout.parameter_checksum.remote())
         port = free_port()
         world = len(self.layout.learners)
@@ -60,9 +70,12 @@ class Cluster:
         ray.get([learner.parameter_checksum.remote() for learner in self.learners])
         self.sync = WeightSync(sync_method(config, device), self.learners, self.rollout, run_id)
 
-    def _place(self, cls, slot: ActorSlot):
+    def _place(self, cls, slot: ActorSlot, env_vars: dict[str, str] | None = None):
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=slot.bundle_index)
-        return ray.remote(cls).options(num_cpus=slot.num_cpus, num_gpus=slot.num_gpus, scheduling_strategy=strategy)
+        options = {"num_cpus": slot.num_cpus, "num_gpus": slot.num_gpus, "scheduling_strategy": strategy}
+        if env_vars:
+            options["runtime_env"] = {"env_vars": env_vars}
+        return ray.remote(cls).options(**options)
 
     def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
         return ray.get(self.rollout.generate.remote(list(prompts), settings))

@@ -17,9 +17,36 @@ Only the worker side lives here; :mod:`aharl.sync` is the learner side.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator
 
 import torch
+
+# vLLM's layer-wise reload warns "<Layer>: Failed to load weights" for every
+# layer that got no tensor in a reload. For these that is expected on every
+# sync: rotary embeddings hold a computed cache, not weights, and a tied LM
+# head is refreshed from the embedding by ``_refresh_tied_lm_head``. Any other
+# layer's warning still shows (a real gap in what the learner sent).
+_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+class ExpectedReloadGaps(logging.Filter):
+    """Drops vLLM's "failed to load" warning for the named layer classes only."""
+
+    def __init__(self, layers: frozenset[str]) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg == "%s: Failed to load weights" and args and args[0] in self.layers)
+
+
+def _quiet_expected_reload_gaps(tied_lm_head: bool) -> None:
+    logger = logging.getLogger(_RELOAD_LOGGER)
+    if not any(isinstance(f, ExpectedReloadGaps) for f in logger.filters):
+        layers = {"RotaryEmbedding"} | ({"ParallelLMHead"} if tied_lm_head else set())
+        logger.addFilter(ExpectedReloadGaps(frozenset(layers)))
 
 
 class WeightSyncExtension:
@@ -44,9 +71,14 @@ class WeightSyncExtension:
                     count += 1
                     yield name, tensor
 
+        _quiet_expected_reload_gaps(self._tied_lm_head())
         self.model_runner.reload_weights(weights_iterator=weights())
         self._refresh_tied_lm_head()
         return count
+
+    def _tied_lm_head(self) -> bool:
+        model = self._model()
+        return bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False)) and hasattr(model, "lm_head")
 
     def _refresh_tied_lm_head(self) -> None:
         """Re-pack a tied LM head from the freshly loaded embedding.
