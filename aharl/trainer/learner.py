@@ -61,8 +61,12 @@ class Learner:
 
     def __init__(self, config: Config, total_steps: int, rank: int = 0, world_size: int = 1, master_port: int = 29500) -> None:
         import deepspeed
+        import transformers
         from transformers import AutoModelForCausalLM, get_scheduler
 
+        # Loading and every checkpoint's export would each draw a progress bar
+        # through Ray's log stream, between the driver's one-line-per-step log.
+        transformers.utils.logging.disable_progress_bar()
         self.config = config
         self.rank, self.world_size = rank, world_size
         self.device = resolve_device(config)

@@ -241,7 +241,7 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
             progress.close()
             finish_run(config, run_dir, cluster, tokenizer, eval_prompts, run_eval, wandb, print_fn)
             total = elapsed_before + time.perf_counter() - loop_started
-            print_fn(f"trained {total_steps} steps in {format_duration(total)}")
+            print_fn(f"trained {total_steps} step{'s' if total_steps != 1 else ''} in {format_duration(total)}")
     finally:
         progress.close()
         wandb.finish()
@@ -252,7 +252,8 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
 
 def finish_run(config, run_dir: Path, cluster, tokenizer, eval_prompts, run_eval, wandb: WandbRun, print_fn) -> None:
     """The outputs of a finished run: the HF policy, the final evaluation and report, the plots."""
-    final = cluster.export_policy(str(run_dir / "final"))
+    final = run_dir / "final"
+    cluster.export_policy(str(final))
     tokenizer.save_pretrained(final)
     print_fn(f"policy saved to {final}")
     if eval_prompts:
