@@ -72,6 +72,10 @@ def kill_during_checkpoint_write(command: list[str], checkpoints: Path, step: in
             proc.wait()
 
 
+def prompt_order_of(run_dir: Path) -> list[list[int]]:
+    return [json.loads(line)["prompt_indices"] for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+
+
 def prompt_order(run_dir: Path) -> list[list[int]]:
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
@@ -104,7 +108,7 @@ def runs(tmp_path_factory, smollm2_tokenizer):
         "state": read_checkpoint(checkpoints / checkpoint_name(3)),
     }
     log = run_to_end(aharl_train(*interrupted, "resume=auto"), root / "resume.log")
-    return {"model": model_dir, "straight": out / "straight", "resumed": out / "resumed", "after_kill": after_kill, "resume_log": log, "root": root}
+    return {"model": model_dir, "base": base, "straight": out / "straight", "resumed": out / "resumed", "after_kill": after_kill, "resume_log": log, "root": root}
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(runs):
@@ -134,6 +138,20 @@ def test_resumed_run_sees_the_same_prompts_and_ends_at_the_same_weights(runs):
     print(f"resume: max |straight - resumed| = {worst:.3g}, max |straight - initial| = {moved:.3g}")
     assert worst <= WEIGHT_ATOL, f"resumed weights differ by {worst}"
     assert moved > 100 * WEIGHT_ATOL, f"training moved the weights by only {moved}: the comparison would prove nothing"
+
+
+def test_a_checkpoint_path_starts_a_new_run_directory_at_its_next_step(runs):
+    """resume=PATH of another run: the new directory logs from the checkpoint's next step, the source is untouched."""
+    source = runs["resumed"] / "checkpoints" / checkpoint_name(5)
+    source_metrics = (runs["resumed"] / "metrics.jsonl").read_text()
+    branch = runs["root"] / "runs" / "branch"
+    run_to_end(aharl_train(*runs["base"], "logging.run_name=branch", f"resume={source}"), runs["root"] / "branch.log")
+    assert [json.loads(line)["step"] for line in (branch / "metrics.jsonl").read_text().splitlines()] == [6]
+    assert prompt_order_of(branch) == prompt_order(runs["straight"])[5:]
+    a = load_file(runs["straight"] / "final" / "model.safetensors")
+    b = load_file(branch / "final" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= WEIGHT_ATOL
+    assert (runs["resumed"] / "metrics.jsonl").read_text() == source_metrics and source.is_dir()
 
 
 def test_exported_policy_loads_in_transformers_and_in_vllm(runs):

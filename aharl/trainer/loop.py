@@ -89,9 +89,12 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
     device = resolve_device(config)
     run_dir = run_directory(config)
     resume_from = ckpt.resolve_resume(config.resume, run_dir)
-    if resume_from is None:
-        if config.resume == "auto":
-            print_fn(f"resume=auto: no checkpoint in {run_dir / 'checkpoints'}; starting at step 1")
+    # A checkpoint of another run directory starts this one afresh (its logs
+    # begin at the checkpoint's next step, its wandb run is a new one).
+    continues_run_dir = resume_from is not None and resume_from.resolve().parent.parent == run_dir.resolve()
+    if resume_from is None and config.resume == "auto":
+        print_fn(f"resume=auto: no checkpoint in {run_dir / 'checkpoints'}; starting at step 1")
+    if not continues_run_dir:
         prepare_run_directory(run_dir)
     (run_dir / "config.yaml").write_text(dump_config(config))
 
@@ -128,7 +131,7 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
         print_fn(f"{resume_from} is step {state.step} of {total_steps}: the run is complete (raise learner.max_steps or learner.epochs to train on)")
         return RunResult(run_dir, last_step=state.step, checkpoint=resume_from)
 
-    wandb = WandbRun(config, run_dir, state.wandb_run_id if state else None)
+    wandb = WandbRun(config, run_dir, state.wandb_run_id if state and continues_run_dir else None)
     connect_ray()
     started = time.perf_counter()
     cluster = Cluster(config, device, total_steps, run_id=run_dir.name)
