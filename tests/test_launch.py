@@ -17,7 +17,7 @@ import pytest
 
 from aharl.sync.transfer import free_port
 from tests.conftest import REPO
-from tests.toy import TOY_REWARD, build_tiny_model
+from tests.toy import toy_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +42,7 @@ def _wait_for_jobs_api(address: str, env: dict[str, str], timeout_s: float = 180
 
 
 def test_ray_job_submit_runs_training_on_a_started_cluster(tmp_path, smollm2_tokenizer):
-    model_dir = build_tiny_model(tmp_path / "model", smollm2_tokenizer)
-    reward_file = tmp_path / "toy_rewards.py"
-    reward_file.write_text(TOY_REWARD)
+    model_dir, reward_file = toy_workspace(tmp_path, smollm2_tokenizer)
     runs = tmp_path / "runs"
     env = _ray_env()
     port, dashboard = free_port(), free_port()

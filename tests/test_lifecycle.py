@@ -19,7 +19,7 @@ import pytest
 
 from aharl.trainer.checkpoint import checkpoint_name, read_checkpoint
 from tests.conftest import REPO
-from tests.toy import TOY_REWARD, build_tiny_model, toy_overrides
+from tests.toy import toy_overrides, toy_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +36,7 @@ def logged_steps(run_dir: Path) -> list[int]:
 
 
 def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp_path, smollm2_tokenizer):
-    model_dir = build_tiny_model(tmp_path / "model", smollm2_tokenizer)
-    reward_file = tmp_path / "toy_rewards.py"
-    reward_file.write_text(TOY_REWARD)
+    model_dir, reward_file = toy_workspace(tmp_path, smollm2_tokenizer)
     overrides = toy_overrides(
         model_dir, tmp_path / "runs", reward_file,
         "learner.max_steps=40", "checkpoint.every_steps=100", "logging.wandb_mode=offline", "logging.plots=true",

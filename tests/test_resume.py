@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from aharl.trainer.checkpoint import STAGING_PREFIX, checkpoint_name, latest_checkpoint, read_checkpoint
 from tests.conftest import REPO, SHARED_GSM8K
-from tests.toy import TOY_REWARD, build_tiny_model, toy_overrides
+from tests.toy import toy_overrides, toy_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -91,9 +91,7 @@ def rewards(run_dir: Path) -> list[float]:
 def runs(tmp_path_factory, smollm2_tokenizer):
     """The straight run, the killed run (and what its checkpoints looked like after the kill), the resume."""
     root = tmp_path_factory.mktemp("resume")
-    model_dir = build_tiny_model(root / "model", smollm2_tokenizer)
-    reward_file = root / "toy_rewards.py"
-    reward_file.write_text(TOY_REWARD)
+    model_dir, reward_file = toy_workspace(root, smollm2_tokenizer)
     out = root / "runs"
     base = toy_overrides(model_dir, out, reward_file, f"learner.max_steps={STEPS}")
 

@@ -21,7 +21,7 @@ from aharl.rollout.engine import SamplingSettings
 from aharl.trainer import loop
 from aharl.trainer.batch import build_micro_batches
 from aharl.types import ScoredGroup
-from tests.toy import TOY_REWARD, build_tiny_model, toy_config
+from tests.toy import toy_config, toy_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +34,7 @@ SYNC_ATOL = 1e-4
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, smollm2_tokenizer):
     root = tmp_path_factory.mktemp("toy")
-    model_dir = build_tiny_model(root / "model", smollm2_tokenizer)
-    reward_file = root / "toy_rewards.py"
-    reward_file.write_text(TOY_REWARD)
+    model_dir, reward_file = toy_workspace(root, smollm2_tokenizer)
     return model_dir, reward_file, root
 
 

@@ -41,6 +41,14 @@ def build_tiny_model(directory: Path, tokenizer) -> Path:
     return directory
 
 
+def toy_workspace(root: Path, tokenizer) -> tuple[Path, Path]:
+    """The tiny model and the toy reward file under ``root``: ``(model_dir, reward_file)``."""
+    model_dir = build_tiny_model(root / "model", tokenizer)
+    reward_file = root / "toy_rewards.py"
+    reward_file.write_text(TOY_REWARD)
+    return model_dir, reward_file
+
+
 def toy_config(model_dir: Path, run_dir: Path, reward_file: Path, *overrides: str) -> Config:
     return load_config(None, toy_overrides(model_dir, run_dir, reward_file, *overrides))
 

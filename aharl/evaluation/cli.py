@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,8 +77,6 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from aharl.modelhub import load_tokenizer
     from aharl.rewards.registry import resolve_reward_functions
     from aharl.trainer.learner import resolve_device
-
-    import os
 
     # vLLM logs to stdout by default; stdout is for the JSON (so it can be piped).
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")

@@ -21,8 +21,8 @@ their single-line quirk, are reported per answer among its rewards.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 from aharl.rewards.arithmetic import stated_answer
 from aharl.rewards.corrected import SOFT_FORMAT_MULTILINE, STRICT_FORMAT_MULTILINE, numbers_equal
@@ -78,6 +78,3 @@ def summarise(judgements: Sequence[Sequence[AnswerJudgement]]) -> dict[str, floa
         summary[f"pass@{samples}_exact"] = sum(any(j.exact for j in q) for q in judgements) / len(judgements)
     return summary
 
-
-def judgement_record(judgement: AnswerJudgement) -> dict[str, Any]:
-    return asdict(judgement)

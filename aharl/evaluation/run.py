@@ -13,8 +13,8 @@ from typing import Any, Callable, Sequence
 
 from aharl.config import Config
 from aharl.errors import DataError
-from aharl.evaluation.metrics import judge, judgement_record, summarise
-from aharl.rewards.scoring import score_completions
+from aharl.evaluation.metrics import judge, summarise
+from aharl.rewards.scoring import completions_and_answers, score_completions, split_by_group
 from aharl.rollout.engine import SamplingSettings
 from aharl.types import Prompt, RolloutGroup, ScoredGroup
 
@@ -59,7 +59,7 @@ def evaluate(generate: Generate, score: Score, prompts: Sequence[Prompt], mode: 
             answers.append(
                 {
                     "text": completion.text,
-                    **judgement_record(j),
+                    **dataclasses.asdict(j),
                     "reward": sg.total[i],
                     "rewards": {name: values[i] for name, values in sg.rewards.items()},
                 }
@@ -77,16 +77,8 @@ def local_scorer(functions, weights: dict[str, float]) -> Score:
     """Score groups in this process (``aharl eval``); a failing reward scores 0 and is reported."""
 
     def score(groups: list[RolloutGroup]) -> list[ScoredGroup]:
-        texts = [c.text for g in groups for c in g.completions]
-        golds = [g.prompt.answer for g in groups for _ in g.completions]
-        result = score_completions(texts, golds, functions, weights, tolerate_errors=True)
-        scored, start = [], 0
-        for g in groups:
-            end = start + len(g.completions)
-            rewards = {name: values[start:end] for name, values in result.per_function.items()}
-            scored.append(ScoredGroup(g, rewards, result.total[start:end], dict(result.errors)))
-            start = end
-        return scored
+        texts, golds = completions_and_answers(groups)
+        return split_by_group(groups, score_completions(texts, golds, functions, weights, tolerate_errors=True))
 
     return score
 

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from aharl.config import RewardsConfig
 from aharl.rewards.registry import resolve_reward_functions
-from aharl.rewards.scoring import RewardScores, score_completions
+from aharl.rewards.scoring import RewardScores, completions_and_answers, score_completions, split_by_group
 from aharl.types import RolloutGroup, ScoredGroup
 
 log = logging.getLogger("aharl.rewards")
@@ -57,16 +57,8 @@ class RewardPool:
 
     def score_groups(self, groups: Sequence[RolloutGroup]) -> tuple[list[ScoredGroup], dict[str, float]]:
         """Rewards for every completion of every group, and the step's error counts."""
-        completions = [c.text for g in groups for c in g.completions]
-        answers = [g.prompt.answer for g in groups for _ in g.completions]
-        scores, errors = self.score(completions, answers)
-        scored, offset = [], 0
-        for g in groups:
-            size = len(g.completions)
-            per = {name: values[offset : offset + size] for name, values in scores.per_function.items()}
-            scored.append(ScoredGroup(g, per, scores.total[offset : offset + size], scores.errors))
-            offset += size
-        return scored, errors
+        scores, errors = self.score(*completions_and_answers(groups))
+        return split_by_group(groups, scores), errors
 
     def score(self, completions: list[str], answers: list[str]) -> tuple[RewardScores, dict[str, float]]:
         import ray

@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 
 from aharl.errors import RewardError
 from aharl.rewards.reference import RewardFn
+from aharl.types import RolloutGroup, ScoredGroup
 
 
 @dataclass
@@ -67,3 +68,21 @@ def score_completions(
         for i in range(len(completions))
     ]
     return RewardScores(per_function, total, errors)
+
+
+def completions_and_answers(groups: Sequence[RolloutGroup]) -> tuple[list[str], list[str]]:
+    """Every completion of every group, flat, with its prompt's gold answer beside it."""
+    completions = [c.text for g in groups for c in g.completions]
+    answers = [g.prompt.answer for g in groups for _ in g.completions]
+    return completions, answers
+
+
+def split_by_group(groups: Sequence[RolloutGroup], scores: RewardScores) -> list[ScoredGroup]:
+    """Cut flat scores (in :func:`completions_and_answers` order) back into one :class:`ScoredGroup` per group."""
+    scored, offset = [], 0
+    for g in groups:
+        end = offset + len(g.completions)
+        per = {name: values[offset:end] for name, values in scores.per_function.items()}
+        scored.append(ScoredGroup(g, per, scores.total[offset:end], scores.errors))
+        offset = end
+    return scored

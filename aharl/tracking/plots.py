@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from aharl.errors import AharlError
-from aharl.trainer.metrics import PHASES
-
-NOT_A_REWARD = ("reward/errors", "reward/zero_spread_groups")
+from aharl.trainer.metrics import PHASES, reward_function_keys
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -81,7 +79,7 @@ def plot_run(run_dir: Path) -> list[Path]:
         ax.plot(steps, values, label=label, **style)
 
     keys = {k for r in rows for k in r}
-    reward_keys = sorted(k for k in keys if k.startswith("reward/") and k != "reward/total" and k not in NOT_A_REWARD)
+    reward_keys = sorted(reward_function_keys(keys))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for key in reward_keys:
         line(axes[0], key, key.split("/", 1)[1])

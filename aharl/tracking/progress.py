@@ -52,11 +52,7 @@ class Progress:
         eta = eta_seconds(self.step_seconds, self.total - step)
         eta_text = format_duration(eta) if eta is not None else "?"
         if line is not None:
-            text = f"{line} | eta {eta_text}"
-            if self.bar is not None:
-                self.bar.write(text)
-            else:
-                self.print_fn(text)
+            self.write(f"{line} | eta {eta_text}")
         if self.bar is not None:
             self.bar.set_postfix_str(f"reward {reward:.3f} eta {eta_text}")
             self.bar.update(1)

@@ -33,8 +33,3 @@ class SamplesLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-
-def read_step_records(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

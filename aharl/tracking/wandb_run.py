@@ -46,10 +46,6 @@ class WandbRun:
     def run_id(self) -> str | None:
         return self.run.id if self.run is not None else None
 
-    @property
-    def directory(self) -> str | None:
-        return self.run.dir if self.run is not None else None
-
     def log(self, step: int, metrics: dict[str, float], samples: Sequence[dict[str, Any]] = ()) -> None:
         if self.run is None:
             return

@@ -24,7 +24,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,7 +49,6 @@ class TrainerState:
     sampler: dict[str, int]  # PromptSampler.state_dict()
     elapsed_s: float = 0.0  # training seconds so far (for the ETA after a resume)
     wandb_run_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def checkpoint_name(step: int) -> str:
@@ -91,7 +90,7 @@ def write_checkpoint(root: Path, step: int, fill: Callable[[Path], None], state:
     staging = root / f"{STAGING_PREFIX}{final.name}"
     staging.mkdir()
     fill(staging)
-    torch.save(driver_rng_state(), staging / RNG_FILE)
+    torch.save(rng_state(), staging / RNG_FILE)
     _write_synced(staging / STATE_FILE, json.dumps(asdict(state), indent=2))
     if final.exists():  # the same step saved again (a stop right after a periodic save)
         shutil.rmtree(final)
@@ -114,7 +113,7 @@ def read_checkpoint(path: Path) -> TrainerState:
         raise AharlError(f"{state_file} is damaged ({exc}); resume from an earlier checkpoint in {path.parent}") from None
     rng_file = path / RNG_FILE
     if rng_file.is_file():
-        restore_driver_rng_state(torch.load(rng_file, weights_only=False))
+        restore_rng_state(torch.load(rng_file, weights_only=False))
     return state
 
 
@@ -134,14 +133,20 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     raise AharlError(f"resume={resume}: no checkpoint there; pass runs/NAME/checkpoints/step-N, a run directory (runs/NAME), or resume=auto")
 
 
-def driver_rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch, and CUDA where there is one)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
-def restore_driver_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _write_synced(path: Path, text: str) -> None:

@@ -19,6 +19,7 @@ from aharl.config import Config
 from aharl.modelhub import resolve_model_path
 from aharl.sync.buckets import pack_bucket, plan_buckets
 from aharl.trainer.batch import MicroBatch, pad_sequences
+from aharl.trainer.checkpoint import restore_rng_state, rng_state
 from aharl.trainer.logprobs import token_entropy, token_logprobs
 from aharl.trainer.loss import grpo_loss
 
@@ -320,7 +321,7 @@ class Learner:
         Every rank calls this with the same ``directory`` (a filesystem all
         ranks share); each writes its own ZeRO shard.
         """
-        self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"rng": self._rng_state()}, save_latest=False)
+        self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"rng": rng_state()}, save_latest=False)
 
     def load_state(self, directory: str) -> None:
         path, client_state = self.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)
@@ -328,28 +329,7 @@ class Learner:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{CHECKPOINT_TAG}")
         rng = (client_state or {}).get("rng")
         if rng is not None:
-            self._restore_rng_state(rng)
-
-    def _rng_state(self) -> dict[str, Any]:
-        import random
-
-        import numpy as np
-
-        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state()
-        return state
-
-    def _restore_rng_state(self, state: dict[str, Any]) -> None:
-        import random
-
-        import numpy as np
-
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda"])
+            restore_rng_state(rng)
 
     def parameter_checksum(self) -> float:
         with torch.no_grad():

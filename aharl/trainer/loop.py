@@ -162,7 +162,7 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
 
         def fill(staging: Path) -> None:
             cluster.save_learner_state(str(staging / ckpt.LEARNER_DIR))
-            tokenizer.save_pretrained(cluster.export_policy(str(staging / "hf")))
+            export_policy(cluster, tokenizer, staging / "hf")
             (staging / "config.yaml").write_text(dump_config(config))
 
         trainer_state = ckpt.TrainerState(
@@ -182,8 +182,7 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
                 synced = cluster.sync_weights()
                 print_fn(f"resumed from {resume_from}: step {start_step} next, learner state loaded, weights synced to the rollout engine ({synced['time/sync']:.1f}s)")
             elif eval_prompts:
-                before = run_eval("before")
-                metrics_log.write(0, {f"eval/{k}": v for k, v in before.summary.items()})
+                metrics_log.write(0, eval_metrics(run_eval("before")))
 
             for step in range(start_step, total_steps + 1):
                 batch = [prompts[i] for i in sampler.next_batch()]
@@ -222,7 +221,7 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
                     )
                 if eval_prompts and config.eval.every_steps and step % config.eval.every_steps == 0 and step < total_steps:
                     began = time.perf_counter()
-                    metrics.update({f"eval/{k}": v for k, v in run_eval(f"step {step}").summary.items()})
+                    metrics.update(eval_metrics(run_eval(f"step {step}")))
                     metrics["time/eval"] = time.perf_counter() - began
 
                 rows = sample_rows(scored, config.logging.samples_per_step)
@@ -242,7 +241,7 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
                     return result
 
             progress.close()
-            finish_run(config, run_dir, cluster, tokenizer, eval_prompts, run_eval, wandb, print_fn)
+            finish_run(config, run_dir, total_steps, cluster, tokenizer, eval_prompts, run_eval, metrics_log, wandb, print_fn)
             total = elapsed_before + time.perf_counter() - loop_started
             print_fn(f"trained {total_steps} step{'s' if total_steps != 1 else ''} in {format_duration(total)}")
     finally:
@@ -253,18 +252,17 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
     return result
 
 
-def finish_run(config, run_dir: Path, cluster, tokenizer, eval_prompts, run_eval, wandb: WandbRun, print_fn) -> None:
+def finish_run(
+    config, run_dir: Path, last_step: int, cluster, tokenizer, eval_prompts, run_eval, metrics_log: MetricsLog, wandb: WandbRun, print_fn
+) -> None:
     """The outputs of a finished run: the HF policy, the final evaluation and report, the plots."""
-    final = run_dir / "final"
-    cluster.export_policy(str(final))
-    tokenizer.save_pretrained(final)
+    final = export_policy(cluster, tokenizer, run_dir / "final")
     print_fn(f"policy saved to {final}")
     if eval_prompts:
         after = run_eval("after")
-        final_metrics = {f"eval/{k}": v for k, v in after.summary.items()}
-        step = last_logged_step(run_dir)
-        MetricsLog(run_dir).write(step, final_metrics)  # an eval-only row, as the one of step 0
-        wandb.log(step, final_metrics)
+        final_metrics = eval_metrics(after)
+        metrics_log.write(last_step, final_metrics)  # an eval-only row, as the one of step 0
+        wandb.log(last_step, final_metrics)
         before = load_eval(run_dir, "before")
         if before is not None:
             md, page = write_report(run_dir, f"{run_dir.name}: before and after training", before, after, config.eval.report_questions)
@@ -280,10 +278,16 @@ def finish_run(config, run_dir: Path, cluster, tokenizer, eval_prompts, run_eval
             print_fn(f"plots: {paths[0].parent}/ ({', '.join(p.name for p in paths)})")
 
 
-def last_logged_step(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return json.loads(lines[-1])["step"] if lines else 0
+def export_policy(cluster, tokenizer, directory: Path) -> Path:
+    """The policy with its tokenizer as a Hugging Face directory (transformers and vLLM load it)."""
+    cluster.export_policy(str(directory))
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def eval_metrics(evaluation: EvalResult) -> dict[str, float]:
+    """An evaluation's summary under the ``eval/`` prefix, as metrics rows and wandb hold it."""
+    return {f"eval/{k}": v for k, v in evaluation.summary.items()}
 
 
 def _eval_path(run_dir: Path, label: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from aharl.types import ScoredGroup
 
@@ -39,10 +39,17 @@ class MetricsLog:
             f.write(json.dumps({"step": step, **clean}) + "\n")
 
 
+# ``reward/*`` keys that are not one reward function's mean.
+REWARD_SUMMARY_KEYS = ("reward/total", "reward/errors", "reward/zero_spread_groups")
+
+
+def reward_function_keys(keys: Iterable[str]) -> list[str]:
+    """The ``reward/<function>`` keys among ``keys``, in their order."""
+    return [k for k in keys if k.startswith("reward/") and k not in REWARD_SUMMARY_KEYS]
+
+
 def format_step(step: int, total: int, m: dict[str, float]) -> str:
-    rewards = " ".join(
-        f"{k.split('/', 1)[1]}={m[k]:.3f}" for k in m if k.startswith("reward/") and k not in ("reward/total", "reward/errors", "reward/zero_spread_groups")
-    )
+    rewards = " ".join(f"{k.split('/', 1)[1]}={m[k]:.3f}" for k in reward_function_keys(m))
     times = " ".join(f"{phase[:3]} {m.get(f'time/{phase}', 0.0):.1f}s" for phase in PHASES)
     errors = f" | reward_errors {m['reward/errors']:.0f}" if m.get("reward/errors") else ""
     return (
