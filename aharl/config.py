@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence, get_args, get_origin
+from typing import Any, Callable, Literal, Sequence, get_args, get_origin
 
 import yaml
 
-from aharl.data.system_prompts import REFERENCE_SYSTEM_PROMPT
+from aharl.system_prompts import REFERENCE_SYSTEM_PROMPT
 from aharl.errors import ConfigError
 
 DEFAULTS = "defaults"
@@ -100,7 +102,7 @@ class RewardsConfig:
 
 @dataclass
 class LearnerConfig:
-    """The GRPO update: optimizer, schedule, batch shape and loss."""
+    """The engine of the update: optimizer, schedule, batch shape, ZeRO and precision (the algorithm is ``grpo``)."""
 
     lr: float = 5e-6
     betas: tuple[float, float] = (0.9, 0.99)
@@ -115,18 +117,6 @@ class LearnerConfig:
     epochs: int = 1
     # Stop after this many optimizer steps (null: one pass over the data per epoch).
     max_steps: int | None = None
-    # KL coefficient to the frozen initial policy; 0 loads no reference model.
-    beta: float = 0.04
-    clip_eps_low: float = 0.2
-    # Clip-higher (DAPO): a larger upper bound lets low-probability tokens grow.
-    clip_eps_high: float = 0.2
-    # Optimizer steps per rollout batch (mu); 1 keeps the ratio exactly 1.
-    updates_per_batch: int = 1
-    loss_aggregation: Literal["sequence", "token", "dr_grpo"] = "sequence"
-    # False is Dr. GRPO: advantages are centred but not divided by the std.
-    scale_advantages_by_std: bool = True
-    advantage_stats: Literal["group", "batch"] = "group"
-    advantage_eps: float = 1e-4
     zero_stage: int = 2
     # ``auto``: bf16 on a GPU, fp32 on CPU (where bf16 is ~4x slower).
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -134,6 +124,30 @@ class LearnerConfig:
     # Rows of logits turned into log-probs at a time (bounds fp32 memory).
     logprob_chunk_rows: int = 1024
     seed: int = 42
+
+
+@dataclass
+class GRPOConfig:
+    """The algorithm's knobs, apart from the engine's: advantages, the loss and its aggregation.
+
+    Until 0.1 these keys lived under ``learner``; ``learner.beta`` and the like
+    still load (with a note) and land here.
+    """
+
+    # KL coefficient to the frozen initial policy; 0 loads no reference model.
+    beta: float = 0.04
+    clip_eps_low: float = 0.2
+    # Clip-higher (DAPO): a larger upper bound lets low-probability tokens grow.
+    clip_eps_high: float = 0.2
+    # Optimizer steps per rollout batch (mu); 1 keeps the ratio exactly 1.
+    updates_per_batch: int = 1
+    # ``sequence``: mean per completion, then mean (the reference); ``token``:
+    # every token weighs the same (DAPO); ``dr_grpo``: sum / (completions x max_tokens).
+    loss_aggregation: Literal["sequence", "token", "dr_grpo"] = "sequence"
+    # False is Dr. GRPO: advantages are centred but not divided by the std.
+    scale_advantages_by_std: bool = True
+    advantage_stats: Literal["group", "batch"] = "group"
+    advantage_eps: float = 1e-4
 
 
 @dataclass
@@ -209,6 +223,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
@@ -229,21 +244,61 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+# Keys that moved from ``learner`` to ``grpo``: the old spelling still loads, with a note.
+GRPO_ALIASES = tuple(f.name for f in dataclasses.fields(GRPOConfig))
+
+# A check that needs more than the config module knows (e.g. that reward names
+# resolve); it raises ConfigError, whose source load_config fills in.
+ConfigCheck = Callable[[Config], None]
+
+log = logging.getLogger("aharl.config")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), checks: Sequence[ConfigCheck] = ()) -> Config:
     """Read ``path`` (YAML), apply ``key.sub=value`` overrides, check and return the config."""
     tree: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if path is not None:
-        tree = _read_yaml(Path(path))
+        path = resolve_config_path(path)
+        tree = _read_yaml(path)
         for key in _dotted_keys(tree):
             sources[key] = str(path)
     for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(tree, key, value)
         sources[key] = COMMAND_LINE
+    _move_aliases(tree, sources)
     config = _build(Config, tree, "", sources)
     _check_values(config, sources)
+    for check in checks:
+        try:
+            check(config)
+        except ConfigError as exc:
+            raise ConfigError(exc.key, exc.problem, exc.fix, _source_of(exc.key, sources)) from None
     return config
+
+
+def _move_aliases(tree: dict[str, Any], sources: dict[str, str]) -> None:
+    """``learner.beta`` -> ``grpo.beta`` (and the other GRPO keys), noting each once.
+
+    When both spellings are set, a command-line value beats a file's, so an
+    override of the old key still overrides a config written with the new one.
+    """
+    learner = tree.get("learner")
+    if not isinstance(learner, dict):
+        return
+    for name in GRPO_ALIASES:
+        if name not in learner:
+            continue
+        old, new = f"learner.{name}", f"grpo.{name}"
+        value = learner.pop(name)
+        grpo = tree.setdefault("grpo", {})
+        if not isinstance(grpo, dict):
+            return  # _build reports the malformed section
+        if name not in grpo or (sources.get(old) == COMMAND_LINE and sources.get(new) != COMMAND_LINE):
+            grpo[name] = value
+            sources[new] = sources.get(old, DEFAULTS)
+        log.warning("config: `%s` (in %s) is now `%s`; the old key still works but will be removed", old, sources.get(old, DEFAULTS), new)
 
 
 class _ConfigDumper(yaml.SafeDumper):
@@ -267,9 +322,28 @@ def dump_config(config: Config) -> str:
 # Reading and merging
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs installed with the package, by name (``quickstart`` -> ``.../aharl/configs/quickstart.yaml``)."""
+    directory = Path(str(importlib.resources.files("aharl") / "configs"))
+    return {p.stem: p for p in sorted(directory.glob("*.yaml"))}
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file: an existing path as given, else a shipped config's name (with or without ``.yaml``)."""
+    local = Path(path)
+    if local.is_file():
+        return local
+    shipped = shipped_configs()
+    name = local.name.removesuffix(".yaml") if local.parent in (Path("."), Path("configs")) else None
+    if name in shipped:
+        return shipped[name]
+    raise ConfigError(
+        "(file)", f"cannot be read: {path} does not exist",
+        f"pass the path of a YAML config or a shipped config's name ({', '.join(shipped)}; `aharl configs` lists them)", str(path),
+    )
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError("(file)", f"cannot be read: {path} does not exist", "pass the path of a YAML config, e.g. configs/quickstart.yaml", str(path))
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -417,7 +491,7 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
         if not ok:
             raise ConfigError(key, problem, fix, _source_of(key, sources))
 
-    r, lr, d = c.rollout, c.learner, c.data
+    r, lr, d, g = c.rollout, c.learner, c.data, c.grpo
     require(r.n >= 2, "rollout.n", f"= {r.n} is too small: GRPO compares completions within a group", "set rollout.n to 2 or more (the reference uses 16)")
     require(r.temperature > 0, "rollout.temperature", f"= {r.temperature} must be above 0 (GRPO needs sampled, differing completions)", "set it to e.g. 0.9")
     require(0 < r.top_p <= 1, "rollout.top_p", f"= {r.top_p} must be in (0, 1]", "set it to 1.0 to sample from the whole distribution")
@@ -438,11 +512,11 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
     )
     require(lr.epochs >= 1, "learner.epochs", f"= {lr.epochs} must be at least 1", "set it to 1 or more")
     require(lr.max_steps is None or lr.max_steps >= 1, "learner.max_steps", f"= {lr.max_steps} must be at least 1", "set it to a positive number, or null for whole epochs")
-    require(lr.beta >= 0, "learner.beta", f"= {lr.beta} must not be negative", "set it to 0 (no KL) or e.g. 0.04")
-    require(lr.clip_eps_low >= 0 and lr.clip_eps_high >= 0, "learner.clip_eps_low", "and clip_eps_high must not be negative", "set them to e.g. 0.2 and 0.28")
-    require(lr.clip_eps_low < 1, "learner.clip_eps_low", f"= {lr.clip_eps_low} must be below 1 (the ratio's lower bound is 1 - eps)", "set it to e.g. 0.2")
-    require(lr.updates_per_batch >= 1, "learner.updates_per_batch", f"= {lr.updates_per_batch} must be at least 1", "set it to 1 (the reference)")
-    require(lr.advantage_eps > 0, "learner.advantage_eps", f"= {lr.advantage_eps} must be positive (it keeps a zero-spread group finite)", "set it to e.g. 1e-4")
+    require(g.beta >= 0, "grpo.beta", f"= {g.beta} must not be negative", "set it to 0 (no KL) or e.g. 0.04")
+    require(g.clip_eps_low >= 0 and g.clip_eps_high >= 0, "grpo.clip_eps_low", "and clip_eps_high must not be negative", "set them to e.g. 0.2 and 0.28")
+    require(g.clip_eps_low < 1, "grpo.clip_eps_low", f"= {g.clip_eps_low} must be below 1 (the ratio's lower bound is 1 - eps)", "set it to e.g. 0.2")
+    require(g.updates_per_batch >= 1, "grpo.updates_per_batch", f"= {g.updates_per_batch} must be at least 1", "set it to 1 (the reference)")
+    require(g.advantage_eps > 0, "grpo.advantage_eps", f"= {g.advantage_eps} must be positive (it keeps a zero-spread group finite)", "set it to e.g. 1e-4")
     require(lr.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"= {lr.zero_stage} is not a ZeRO stage", "use 0, 1, 2 or 3")
     require(lr.logprob_chunk_rows >= 1, "learner.logprob_chunk_rows", f"= {lr.logprob_chunk_rows} must be at least 1", "set it to e.g. 1024")
     require(d.max_prompt_tokens >= 1, "data.max_prompt_tokens", f"= {d.max_prompt_tokens} must be at least 1", "set it to e.g. 256")
@@ -475,21 +549,6 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
     require(e.num_questions >= 0, "eval.num_questions", f"= {e.num_questions} must not be negative", "set it to 0 (no evaluation) or e.g. 64")
     require(e.report_questions >= 0, "eval.report_questions", f"= {e.report_questions} must not be negative", "set it to e.g. 16")
     require(e.source is None or bool(e.source.strip()), "eval.source", "is empty", "give a hub id or a local file, or null to hold out training prompts")
-    _check_reward_names(c, sources)
-
-
-def _check_reward_names(c: Config, sources: dict[str, str]) -> None:
-    # Imported here: the registry imports user reward code, which config
-    # loading must only do once the rest of the config is known to be sound.
-    from aharl.rewards.registry import resolve_reward_functions
-
-    try:
-        names = [name for name, _ in resolve_reward_functions(c.rewards.functions)]
-    except ConfigError as exc:
-        raise ConfigError(exc.key, exc.problem, exc.fix, _source_of("rewards.functions", sources)) from None
-    for name in c.rewards.weights:
-        if name not in names:
-            raise ConfigError(f"rewards.weights.{name}", "names no configured reward function", f"use one of: {', '.join(names)}", _source_of(f"rewards.weights.{name}", sources))
 
 
 def _plain(value: Any) -> Any:

@@ -7,6 +7,7 @@ config -> :class:`Prompt` -> rollout -> :class:`RolloutGroup` -> rewards ->
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -46,3 +47,13 @@ class ScoredGroup:
     rewards: dict[str, list[float]]  # name -> [G]
     total: list[float]  # [G]
     reward_errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    """One evaluation mode's outcome: the summary figures and, per question, every answer judged."""
+
+    mode: str  # "greedy" or "sampled"
+    summary: dict[str, float]
+    # One per question: question, gold, and each answer with its judgement and rewards.
+    records: list[dict[str, Any]] = field(default_factory=list)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from aharl.config import Config
 from aharl.errors import AharlError
-from aharl.rollout.engine import SamplingSettings
+from aharl.rollout.engine import SamplingSettings, build_rollout_engine
 from aharl.rollout.hf_engine import completion_length
 from aharl.types import Prompt, RolloutGroup
 
@@ -112,17 +112,8 @@ def run_requests(backend: str, engine, requests: Sequence[Request], eos_id: int 
 
 def _backend_main(backend: str, config: Config, device: str, requests: list[Request], queue) -> None:
     try:
-        if backend == "vllm":
-            from aharl.rollout.vllm_engine import VLLMEngine
-
-            engine = VLLMEngine(config, device)
-            eos_id = engine.llm.get_tokenizer().eos_token_id
-        else:
-            from aharl.rollout.hf_engine import HFEngine
-
-            engine = HFEngine(config, device)
-            eos_id = engine.eos_id
-        queue.put(("ok", [asdict(r) for r in run_requests(backend, engine, requests, eos_id)]))
+        engine = build_rollout_engine(config, device, backend)
+        queue.put(("ok", [asdict(r) for r in run_requests(backend, engine, requests, engine.eos_id)]))
     except Exception as exc:  # reported to the parent as one line
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
     # Hand the result over, then leave at once: vLLM's exit handlers can wait
@@ -347,13 +338,13 @@ def weight_bytes(config: Config, device: str) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from aharl.device import rollout_dtype
     from aharl.modelhub import resolve_model_path
 
     model_config = AutoConfig.from_pretrained(resolve_model_path(config.model.path))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
-    element = 2 if device == "cuda" else 4
-    return sum(p.numel() for p in model.parameters()) * element
+    return sum(p.numel() for p in model.parameters()) * rollout_dtype(config, device).itemsize
 
 
 def roofline_share(rows: Sequence[dict[str, Any]], config: Config, device: str, bandwidth_gbs: float | None) -> dict[str, Any] | None:

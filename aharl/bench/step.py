@@ -19,8 +19,8 @@ from aharl.data.prompts import build_prompts, chat_messages
 from aharl.data.sources import load_rows
 from aharl.modelhub import load_tokenizer, resolve_model_path
 from aharl.rewards.registry import resolve_reward_functions
-from aharl.trainer.learner import resolve_device
-from aharl.trainer.metrics import PHASES
+from aharl.device import resolve_device, training_dtype
+from aharl.tracking.metrics import PHASES
 
 # aharl's loss aggregation / advantage scaling -> TRL 1.16's names
 TRL_LOSS = {"sequence": "grpo", "token": "dapo", "dr_grpo": "dr_grpo"}
@@ -57,7 +57,7 @@ def trl_steps(config: Config, steps: int) -> list[dict[str, float]]:
         [{"prompt": chat_messages(p.question, config.data.system_prompt), "answer": p.answer} for p in prompts]
     )
     functions = resolve_reward_functions(config.rewards.functions)
-    lc, rc = config.learner, config.rollout
+    lc, rc, g = config.learner, config.rollout, config.grpo
     args = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="aharl-bench-trl-"),
         per_device_train_batch_size=lc.micro_batch_prompts * rc.n,
@@ -66,12 +66,12 @@ def trl_steps(config: Config, steps: int) -> list[dict[str, float]]:
         max_completion_length=rc.max_tokens,
         temperature=rc.temperature,
         top_p=rc.top_p,
-        beta=lc.beta,
-        epsilon=lc.clip_eps_low,
-        epsilon_high=lc.clip_eps_high,
-        num_iterations=lc.updates_per_batch,
-        loss_type=TRL_LOSS[lc.loss_aggregation],
-        scale_rewards=lc.advantage_stats if lc.scale_advantages_by_std else "none",
+        beta=g.beta,
+        epsilon=g.clip_eps_low,
+        epsilon_high=g.clip_eps_high,
+        num_iterations=g.updates_per_batch,
+        loss_type=TRL_LOSS[g.loss_aggregation],
+        scale_rewards=g.advantage_stats if g.scale_advantages_by_std else "none",
         learning_rate=lc.lr,
         adam_beta1=lc.betas[0],
         adam_beta2=lc.betas[1],
@@ -86,12 +86,11 @@ def trl_steps(config: Config, steps: int) -> list[dict[str, float]]:
         save_strategy="no",
         report_to=[],
         use_cpu=device == "cpu",
-        bf16=device == "cuda",
+        bf16=training_dtype(config, device) == torch.bfloat16,
         seed=lc.seed,
         use_vllm=False,
     )
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.model.path), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.model.path), dtype=training_dtype(config, device))
     times: list[float] = []
 
     class StepTimer(TrainerCallback):

@@ -12,7 +12,7 @@ import html
 from pathlib import Path
 from typing import Any, Sequence
 
-from aharl.evaluation.run import EvalResult
+from aharl.types import EvalResult
 
 SUMMARY_KEYS = ("accuracy_exact", "accuracy_numeric", "format_strict", "format_soft", "mean_length", "reward_total")
 

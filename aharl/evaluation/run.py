@@ -8,15 +8,15 @@ a local vLLM or HF engine and in-process reward functions.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from aharl.config import Config
 from aharl.errors import DataError
 from aharl.evaluation.metrics import judge, summarise
 from aharl.rewards.scoring import completions_and_answers, score_completions, split_by_group
 from aharl.rollout.engine import SamplingSettings
-from aharl.types import Prompt, RolloutGroup, ScoredGroup
+from aharl.types import EvalResult, Prompt, RolloutGroup, ScoredGroup
 
 Generate = Callable[[Sequence[Prompt], SamplingSettings], list[RolloutGroup]]
 Score = Callable[[list[RolloutGroup]], list[ScoredGroup]]
@@ -35,14 +35,6 @@ class EvalMode:
 
 
 GREEDY = EvalMode("greedy")
-
-
-@dataclass
-class EvalResult:
-    mode: str
-    summary: dict[str, float]
-    # One per question: question, gold, and each answer with its judgement and rewards.
-    records: list[dict[str, Any]] = field(default_factory=list)
 
 
 def evaluate(generate: Generate, score: Score, prompts: Sequence[Prompt], mode: EvalMode, *, max_tokens: int, seed: int = 0) -> EvalResult:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from aharl.config import Config
 from aharl.errors import ConfigError
 from aharl.rewards import arithmetic, corrected, reference
 from aharl.rewards.reference import RewardFn
@@ -91,3 +92,19 @@ def load_user_function(spec: str) -> RewardFn:
     if not callable(fn):
         raise ConfigError("rewards.functions", f"entry {spec!r}: {target} has no function {attr!r}", fix)
     return fn
+
+
+def check_reward_config(config: Config) -> None:
+    """Fail at config load, not after the model has loaded, when a reward name or weight names nothing.
+
+    Passed to :func:`aharl.config.load_config` as a check by the commands: it
+    imports user reward code, which config loading does only once the rest of
+    the config is known to be sound.
+    """
+    try:
+        names = [name for name, _ in resolve_reward_functions(config.rewards.functions)]
+    except ConfigError as exc:
+        raise ConfigError("rewards.functions", exc.problem, exc.fix) from None
+    for name in config.rewards.weights:
+        if name not in names:
+            raise ConfigError(f"rewards.weights.{name}", "names no configured reward function", f"use one of: {', '.join(names)}")

@@ -1,11 +1,11 @@
-"""What every rollout backend provides, and the sampling settings they share."""
+"""What every rollout backend provides, the sampling settings they share, and the one place that builds them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-from aharl.config import RolloutConfig
+from aharl.config import Config, RolloutConfig
 from aharl.types import Prompt, RolloutGroup
 
 
@@ -28,10 +28,58 @@ class SamplingSettings:
 
 
 class RolloutEngine(Protocol):
-    """A backend that samples groups and reports log-probs of given completions."""
+    """Every method the runtime, the evaluation and the benchmarks call on a rollout backend.
+
+    The weight-receiving methods are one per transport of :mod:`aharl.sync`;
+    a backend that cannot take a transport says so in one line.
+    """
+
+    eos_id: int | None
 
     def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
         """``settings.n`` completions for each prompt, in prompt order."""
 
     def completion_logprobs(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
         """Log-probs of each completion's tokens after its prompt (temperature 1)."""
+
+    def sleep(self) -> None:
+        """Free the accelerator's memory for the update (colocated layout); a no-op where not supported."""
+
+    def wake_weights(self) -> None:
+        """Bring the weights back so a sync can overwrite them."""
+
+    def wake_kv_cache(self) -> None:
+        """After a sync: drop stale cached prefixes and restore the KV cache."""
+
+    def load_weight_files(self, paths: list[str]) -> int:
+        """Receive side of :mod:`aharl.sync.shm`; returns the tensor count."""
+
+    def load_cuda_ipc_bucket(self, bucket: dict[str, Any]) -> int:
+        """Receive side of :mod:`aharl.sync.cuda_ipc`."""
+
+    def init_nccl(self, master_address: str, master_port: int, rank: int, world_size: int) -> None:
+        """Join the broadcast group of :mod:`aharl.sync.nccl`."""
+
+    def load_from_nccl(self, meta: list[tuple[str, str, list[int]]]) -> int:
+        """Receive side of :mod:`aharl.sync.nccl`."""
+
+    def parameter_checksum(self) -> float:
+        """Sum of |w| over the parameters: a fingerprint to compare across a sync."""
+
+
+def engine_class(backend: str) -> type:
+    """The class for ``rollout.backend`` (imported lazily: vLLM is heavy and optional)."""
+    if backend == "vllm":
+        from aharl.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine
+    if backend == "hf":
+        from aharl.rollout.hf_engine import HFEngine
+
+        return HFEngine
+    raise ValueError(f"unknown rollout backend {backend!r}")  # config validation admits only the two
+
+
+def build_rollout_engine(config: Config, device: str, backend: str | None = None) -> RolloutEngine:
+    """A rollout engine for ``config`` on ``device`` (``backend`` overrides ``rollout.backend``)."""
+    return engine_class(backend or config.rollout.backend)(config, device)

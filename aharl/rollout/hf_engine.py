@@ -8,16 +8,20 @@ or straight as tensors, since it lives in an ordinary process.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from aharl.config import Config
+from aharl.device import rollout_dtype
+from aharl.errors import AharlError
 from aharl.modelhub import resolve_model_path
 from aharl.rollout.engine import SamplingSettings
-from aharl.trainer.batch import pad_sequences
-from aharl.trainer.logprobs import token_logprobs
+from aharl.grpo.batch import pad_sequences
+from aharl.grpo.logprobs import token_logprobs
 from aharl.types import Completion, Prompt, RolloutGroup
+
+GPU_SYNC_UNSUPPORTED = "rollout.backend=hf takes weights through shared-memory files only; set sync.method=shm (or auto)"
 
 
 class HFEngine:
@@ -28,8 +32,7 @@ class HFEngine:
 
         path = resolve_model_path(config.model.path)
         self.device = device
-        dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=rollout_dtype(config, device)).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
@@ -91,6 +94,15 @@ class HFEngine:
         if unexpected:
             raise ValueError(f"unexpected weights: {unexpected[:3]}")
         return len(state)
+
+    def load_cuda_ipc_bucket(self, bucket: dict[str, Any]) -> int:
+        raise AharlError(GPU_SYNC_UNSUPPORTED)
+
+    def init_nccl(self, master_address: str, master_port: int, rank: int, world_size: int) -> None:
+        raise AharlError(GPU_SYNC_UNSUPPORTED)
+
+    def load_from_nccl(self, meta: list[tuple[str, str, list[int]]]) -> int:
+        raise AharlError(GPU_SYNC_UNSUPPORTED)
 
     def sleep(self) -> None:
         pass

@@ -11,6 +11,7 @@ import os
 from typing import Any, Sequence
 
 from aharl.config import Config
+from aharl.device import dtype_name, rollout_dtype
 from aharl.modelhub import resolve_model_path
 from aharl.rollout.engine import SamplingSettings
 from aharl.types import Completion, Prompt, RolloutGroup
@@ -29,11 +30,11 @@ def engine_kwargs(config: Config, device: str) -> dict[str, Any]:
         "enforce_eager": r.enforce_eager,
         "worker_extension_cls": EXTENSION,
         "enable_prefix_caching": True,
+        "dtype": dtype_name(rollout_dtype(config, device)),
     }
     if device == "cpu":
         # On CPU vLLM's memory fraction is of RAM, checked against what the
         # process already holds; an explicit KV budget is predictable instead.
-        kwargs["dtype"] = "float32" if config.model.dtype in ("auto", "float32") else config.model.dtype
         kwargs["kv_cache_memory_bytes"] = int(r.gpu_memory_utilization * 8 * 2**30)
         kwargs["enforce_eager"] = True
         # vLLM-CPU cannot rewind a seeded request's generator after a partial
@@ -43,7 +44,6 @@ def engine_kwargs(config: Config, device: str) -> dict[str, Any]:
         # reproducible and resumable.
         kwargs["enable_chunked_prefill"] = False
     else:
-        kwargs["dtype"] = "bfloat16" if config.model.dtype == "auto" else config.model.dtype
         kwargs["gpu_memory_utilization"] = r.gpu_memory_utilization
         kwargs["enable_sleep_mode"] = config.placement.layout == "colocate" and r.sleep_during_update
     return kwargs
@@ -74,6 +74,7 @@ class VLLMEngine:
         if device == "cpu":
             use_every_core()
         self.llm = LLM(**self.kwargs)
+        self.eos_id = self.llm.get_tokenizer().eos_token_id
 
     def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
         from vllm import SamplingParams

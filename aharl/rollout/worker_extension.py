@@ -2,17 +2,15 @@
 
 vLLM runs the model in its own worker process; ``LLM.collective_rpc(name,
 args)`` calls a method of that worker. This class is passed as
-``worker_extension_cls`` so the methods below exist there. Three transports:
+``worker_extension_cls`` so the methods below exist there. Each takes
+tensors from a transport's ``receive`` (:mod:`aharl.sync`, which holds both
+sides of every transport) and loads them into vLLM's model:
 
-- ``load_from_files``: safetensors files (in /dev/shm on CPU). Uses the model
-  runner's ``reload_weights``, because on CPU vLLM repacks weights at start-up
-  and plain ``load_weights`` fails afterwards.
-- ``load_from_cuda_ipc``: CUDA IPC handles of a packed bucket in the learner's
-  GPU memory (colocated on one GPU, where NCCL cannot pair two processes).
-- ``init_nccl`` / ``load_from_nccl``: a broadcast from learner rank 0 when the
-  rollout has its own GPUs.
-
-Only the worker side lives here; :mod:`aharl.sync` is the learner side.
+- ``load_from_files`` (:mod:`~aharl.sync.shm`): through the model runner's
+  ``reload_weights``, because on CPU vLLM repacks weights at start-up and
+  plain ``load_weights`` fails afterwards.
+- ``load_from_cuda_ipc`` (:mod:`~aharl.sync.cuda_ipc`).
+- ``init_nccl`` / ``load_from_nccl`` (:mod:`~aharl.sync.nccl`).
 """
 
 from __future__ import annotations
@@ -21,6 +19,8 @@ import logging
 from typing import Any, Iterator
 
 import torch
+
+from aharl.sync import cuda_ipc, nccl, shm
 
 # vLLM's layer-wise reload warns "<Layer>: Failed to load weights" for every
 # layer that got no tensor in a reload. For these that is expected on every
@@ -60,19 +60,16 @@ class WeightSyncExtension:
 
     def load_from_files(self, paths: list[str]) -> int:
         """Load every tensor in the safetensors ``paths``; returns the tensor count."""
-        from safetensors.torch import load_file
-
         count = 0
 
-        def weights() -> Iterator[tuple[str, torch.Tensor]]:
+        def counted() -> Iterator[tuple[str, torch.Tensor]]:
             nonlocal count
-            for path in paths:
-                for name, tensor in load_file(path).items():
-                    count += 1
-                    yield name, tensor
+            for pair in shm.receive(paths):
+                count += 1
+                yield pair
 
         _quiet_expected_reload_gaps(self._tied_lm_head())
-        self.model_runner.reload_weights(weights_iterator=weights())
+        self.model_runner.reload_weights(weights_iterator=counted())
         self._refresh_tied_lm_head()
         return count
 
@@ -101,35 +98,25 @@ class WeightSyncExtension:
             method.process_weights_after_loading(lm_head)
 
     def load_from_cuda_ipc(self, bucket: dict[str, Any]) -> int:
-        """Rebuild the learner's packed bucket from its IPC handle and load its tensors."""
-        from aharl.sync.buckets import unpack_bucket
-
-        rebuild, rebuild_args = bucket["handle"]
-        args = list(rebuild_args)
-        args[6] = self.device.index if self.device.index is not None else torch.cuda.current_device()  # this process's device
-        packed = rebuild(*args)  # [bucket_bytes] uint8 on the shared GPU
-        weights = list(unpack_bucket(packed, bucket["meta"]))
+        """Map the learner's packed bucket from its IPC handle and load its tensors."""
+        device = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        weights = list(cuda_ipc.receive(bucket, device))
         self._model().load_weights(weights=weights)
         torch.cuda.synchronize()
         return len(weights)
 
     def init_nccl(self, master_address: str, master_port: int, rank: int, world_size: int) -> None:
         """Join the learner's broadcast group (learner rank 0 is rank 0 there)."""
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-        from vllm.distributed.utils import StatelessProcessGroup
+        self._aharl_nccl = nccl.connect(master_address, master_port, rank, world_size, self.device)
 
-        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
-        self._aharl_nccl = PyNcclCommunicator(group, device=self.device)
-
-    def load_from_nccl(self, meta: list[tuple[str, str, list[int]]]) -> int:
+    def load_from_nccl(self, meta: list[nccl.WeightMeta]) -> int:
         """Receive each ``(name, dtype, shape)`` by broadcast from rank 0 and load it."""
         model = self._model()
-        for name, dtype, shape in meta:
-            tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
-            self._aharl_nccl.broadcast(tensor, src=0, stream=torch.cuda.current_stream())
+        count = 0
+        for name, tensor in nccl.receive(self._aharl_nccl, meta, self.device):
             model.load_weights(weights=[(name, tensor)])
-        torch.cuda.synchronize()
-        return len(meta)
+            count += 1
+        return count
 
     def parameter_checksum(self) -> float:
         """Sum of |w| over all parameters: a cheap fingerprint to compare across a sync."""

@@ -6,24 +6,19 @@ that is still going, was killed, or ran on another machine.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from aharl.errors import AharlError
-from aharl.trainer.metrics import PHASES, reward_function_keys
+from aharl.tracking.jsonl import read_records
+from aharl.tracking.metrics import PHASES, reward_function_keys
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise AharlError(f"{path} does not exist; pass a run directory (runs/NAME) of a run that logged at least one step")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last line from a killed run
+    rows = list(read_records(path))
     if not rows:
         raise AharlError(f"{path} holds no steps yet")
     return rows

@@ -7,10 +7,10 @@ to see what the policy is actually writing, as TRL's completion logs do.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from aharl.tracking.jsonl import append_record
 from aharl.types import ScoredGroup
 
 
@@ -30,6 +30,5 @@ class SamplesLog:
 
     def write(self, step: int, scored: Sequence[ScoredGroup], rows: list[dict[str, Any]]) -> None:
         record = {"step": step, "prompt_indices": [sg.group.prompt.index for sg in scored], "samples": rows}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(self.path, record)
 

@@ -1,0 +1,82 @@
+"""``aharl bench rollout`` and ``aharl bench step``: figures side by side, written as JSON, Markdown and PNG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from aharl.cli.common import load_run_config, out_dir
+from aharl.errors import AharlError
+
+
+def _bench_config(args: argparse.Namespace, extra: list[str]):
+    overrides = list(extra)
+    if args.prompts:
+        overrides += [f"data.source={args.prompts}", "data.answer_extractor=gsm8k", "data.question_column=question", "data.answer_column=answer"]
+    return load_run_config(args.config, overrides + list(args.overrides))
+
+
+def bench_rollout(args: argparse.Namespace) -> int:
+    from aharl.bench import rollout as bench
+    from aharl.data.prompts import build_prompts
+    from aharl.data.sources import load_rows
+    from aharl.modelhub import load_tokenizer
+    from aharl.device import resolve_device
+
+    if args.reference:
+        args.shapes, args.max_tokens = "4x16", 200
+    if args.repeats < 1 or args.max_tokens < 1:
+        raise AharlError("--repeats and --max-tokens must be at least 1")
+    config = _bench_config(args, [f"rollout.max_tokens={args.max_tokens}"])
+    shapes = [bench.Shape.parse(s) for s in args.shapes.split(",")]
+    device = resolve_device(config)
+    prompts, _ = build_prompts(load_rows(config.data), load_tokenizer(config.model.path), config.data)
+    requests = bench.plan_requests(prompts, shapes, max_tokens=args.max_tokens, repeats=args.repeats, seed=args.seed, ignore_eos=args.ignore_eos)
+    results = []
+    for backend in args.backends.split(","):
+        print(f"{backend}: {len(requests)} calls ({args.shapes}, {args.max_tokens} tokens, warm-up first)", flush=True)
+        results += bench.run_backend(backend, config, device, requests)
+    rows = bench.summarise(results)
+    ratio = bench.ratios(rows)
+    meta = bench.environment(config, device, args)
+    roofline = bench.roofline_share(rows, config, device, args.bandwidth_gbs)
+    out = out_dir(args.out)
+    (out / "rollout.json").write_text(json.dumps({"meta": meta, "runs": [vars(r) for r in results], "summary": rows, "vllm_over_hf": ratio, "roofline": roofline}, indent=2))
+    table = bench.markdown_table(rows, ratio) + bench.roofline_markdown(roofline)
+    (out / "rollout.md").write_text(f"{bench.meta_line(meta)}\n\n{table}")
+    bench.plot(rows, str(out / "rollout.png"), f"{meta['model']} on {meta['device_name']}, {args.max_tokens} tokens{' (ignore EOS)' if args.ignore_eos else ''}")
+    print(table, end="")
+    print(f"wrote {out}/rollout.json, rollout.md, rollout.png")
+    return 0
+
+
+def bench_step(args: argparse.Namespace) -> int:
+    from aharl.bench import step as bench
+    from aharl.system_prompts import REFERENCE_SYSTEM_PROMPT
+
+    extra = ["logging.run_name=bench-step-aharl", f"logging.output_dir={args.out}"]
+    if args.reference:
+        extra += ["rollout.n=16", "learner.prompts_per_step=4", "learner.micro_batch_prompts=1", "rollout.max_tokens=200",
+                  "rollout.temperature=0.9", "grpo.beta=0.04", "learner.lr=5e-6", "rewards.functions=[reference]",
+                  "data.max_prompt_tokens=256", "data.system_prompt=" + json.dumps(REFERENCE_SYSTEM_PROMPT)]
+    if args.steps < 1:
+        raise AharlError("--steps must be at least 1")
+    config = _bench_config(args, extra)
+    print(f"aharl: {args.steps} steps", flush=True)
+    aharl_summary = bench.summarise_steps(bench.aharl_steps(config, args.steps))
+    trl_summary = None
+    if args.no_trl:
+        pass
+    elif bench.trl_available():
+        print(f"TRL GRPOTrainer: {args.steps} steps", flush=True)
+        trl_summary = bench.summarise_steps(bench.trl_steps(config, args.steps))
+    else:
+        print("TRL is not installed (pip install -e '.[trl]'): measuring aharl only")
+    out = out_dir(args.out)
+    table = bench.markdown(aharl_summary, trl_summary, args.steps)
+    (out / "step.json").write_text(json.dumps({"config": config.to_dict(), "aharl": aharl_summary, "trl": trl_summary}, indent=2))
+    (out / "step.md").write_text(table)
+    bench.plot(aharl_summary, trl_summary, str(out / "step.png"), f"GRPO step: {config.rollout.n} x {config.learner.prompts_per_step} prompts, {config.rollout.max_tokens} tokens")
+    print(table, end="")
+    print(f"wrote {out}/step.json, step.md, step.png")
+    return 0

@@ -1,0 +1,143 @@
+"""``aharl eval`` and ``aharl report``: evaluation outside a training run.
+
+``aharl eval`` runs the model in this process (vLLM, or HF generate where
+vLLM is not installed or ``--backend hf``), scores the answers with the
+reward functions in-process, and prints one JSON object: a summary per mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from aharl.errors import AharlError
+from aharl.evaluation.run import GREEDY, EvalMode, evaluate, local_scorer
+from aharl.tracking.evals import read_eval_file, write_eval_file
+from aharl.rollout.engine import SamplingSettings, build_rollout_engine
+from aharl.types import EvalResult, Prompt, RolloutGroup
+
+# Prompts per engine call: bounds HF generate's padded batch; vLLM batches inside a call anyway.
+CHUNK_PROMPTS = 32
+
+
+def parse_modes(text: str, samples: int, temperature: float) -> list[EvalMode]:
+    modes = []
+    for name in (m.strip() for m in text.split(",") if m.strip()):
+        if name == "greedy":
+            modes.append(GREEDY)
+        elif name == "sampled":
+            modes.append(EvalMode("sampled", n=samples, temperature=temperature))
+        else:
+            raise AharlError(f"--modes: unknown mode {name!r}; use greedy, sampled or greedy,sampled")
+    if not modes:
+        raise AharlError("--modes is empty; use greedy, sampled or greedy,sampled")
+    return modes
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise AharlError(f"--limit {args.limit} must be at least 1")
+    if args.samples < 1:
+        raise AharlError(f"--samples {args.samples} must be at least 1")
+    if args.temperature <= 0:
+        raise AharlError(f"--temperature {args.temperature} must be above 0 (greedy mode covers temperature 0)")
+    if args.max_tokens < 1:
+        raise AharlError(f"--max-tokens {args.max_tokens} must be at least 1")
+
+
+def choose_backend(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        print("aharl eval: vLLM is not installed; using HF generate", file=sys.stderr)
+        return "hf"
+    return "vllm"
+
+
+def chunked(generate):
+    def run(prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
+        groups: list[RolloutGroup] = []
+        for start in range(0, len(prompts), CHUNK_PROMPTS):
+            groups += generate(prompts[start : start + CHUNK_PROMPTS], settings)
+        return groups
+
+    return run
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    from aharl.config import load_config
+    from aharl.data.prompts import build_prompts
+    from aharl.data.sources import load_rows
+    from aharl.modelhub import load_tokenizer
+    from aharl.rewards.registry import resolve_reward_functions
+    from aharl.device import resolve_device
+
+    # vLLM logs to stdout by default; stdout is for the JSON (so it can be piped).
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    check_arguments(args)
+    modes = parse_modes(args.modes, args.samples, args.temperature)
+    overrides = [f"model.path={args.model}", f"data.source={args.data}", f"data.split={args.split}", f"rollout.max_tokens={args.max_tokens}", "data.shuffle=false"]
+    if args.rewards:
+        overrides.append(f"rewards.functions=[{args.rewards}]")
+    config = load_config(args.config, overrides + list(args.overrides))
+    tokenizer = load_tokenizer(config.model.path)
+    prompts, report = build_prompts(load_rows(config.data), tokenizer, config.data)
+    print(f"data: {report.summary()}", file=sys.stderr)
+    if args.limit is not None:
+        prompts = prompts[: args.limit]
+    if not prompts:
+        raise AharlError(f"{args.data} gave no usable questions; check its columns (data.question_column / data.answer_column)")
+    score = local_scorer(resolve_reward_functions(config.rewards.functions), config.rewards.weights)
+    backend = choose_backend(args.backend)
+    device = resolve_device(config)
+    print(f"aharl eval: {len(prompts)} questions, {backend} on {device}, modes {', '.join(m.name for m in modes)}", file=sys.stderr)
+    engine = build_rollout_engine(config, device, backend)
+
+    results: dict[str, EvalResult] = {}
+    timings: dict[str, float] = {}
+    for mode in modes:
+        began = time.perf_counter()
+        results[mode.name] = evaluate(chunked(engine.generate), score, prompts, mode, max_tokens=args.max_tokens, seed=config.rollout.seed)
+        timings[mode.name] = round(time.perf_counter() - began, 2)
+    summary = {
+        "model": args.model,
+        "data": args.data,
+        "questions": len(prompts),
+        "backend": backend,
+        "device": device,
+        "max_tokens": args.max_tokens,
+        "rewards": config.rewards.functions,
+        **{name: {**result.summary, "seconds": timings[name]} for name, result in results.items()},
+    }
+    print(json.dumps(summary, indent=2))
+    if args.output:
+        meta = {k: v for k, v in summary.items() if k not in results}
+        write_eval_file(Path(args.output), results, {**meta, "seconds": timings})
+    if args.answers:
+        with open(args.answers, "w") as f:
+            for name, result in results.items():
+                for record in result.records:
+                    f.write(json.dumps({"mode": name, **record}) + "\n")
+    return 0
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    from aharl.evaluation.report import write_report
+
+    before, after = read_eval_file(Path(args.before)), read_eval_file(Path(args.after))
+    mode = "greedy" if "greedy" in before and "greedy" in after else next((m for m in before if m in after), None)
+    if mode is None:
+        raise AharlError(f"{args.before} and {args.after} share no evaluation mode; run both with --modes greedy")
+    paths = write_report(Path(args.out), f"{Path(args.before).stem} vs {Path(args.after).stem}", before[mode], after[mode], args.questions)
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+

@@ -1,0 +1,177 @@
+"""The ``aharl`` command.
+
+Each sub-command lives in its own small function; problems in the user's input
+(:class:`~aharl.errors.AharlError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from aharl.errors import AharlError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except AharlError as exc:
+        print(f"aharl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aharl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aharl", description="GRPO training on Ray, vLLM and DeepSpeed.")
+    commands = parser.add_subparsers(title="commands")
+
+    train = commands.add_parser("train", help="run GRPO training (starts Ray in-process unless RAY_ADDRESS is set)")
+    train.add_argument("file", help="a shipped config's name (quickstart; see `aharl configs`) or a YAML file")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.max_steps=5")
+    train.add_argument("-v", "--verbose", action="store_true", help="show Ray / vLLM / DeepSpeed output on the console instead of runs/NAME/logs/")
+    train.set_defaults(run=_train)
+
+    configs = commands.add_parser("configs", help="list the shipped configs (usable by name from any directory)")
+    configs.set_defaults(run=_configs)
+
+    bench = commands.add_parser("bench", help="benchmarks (JSON + Markdown + PNG)").add_subparsers(title="bench commands")
+    rollout = bench.add_parser("rollout", help="vLLM vs plain HF generate on identical requests")
+    rollout.add_argument("--config", default="quickstart", help="model and data come from here (a shipped name or a file)")
+    rollout.add_argument("--prompts", help="a .jsonl of GSM8K-style rows (question/answer); default: the config's data")
+    rollout.add_argument("--backends", default="vllm,hf")
+    rollout.add_argument("--shapes", default="1x8,4x8,8x8", help="prompts x completions per call, comma-separated")
+    rollout.add_argument("--max-tokens", type=int, default=64)
+    rollout.add_argument("--repeats", type=int, default=3)
+    rollout.add_argument("--seed", type=int, default=0)
+    rollout.add_argument("--ignore-eos", action="store_true", help="every completion runs to max tokens (raw decode speed)")
+    rollout.add_argument("--reference", action="store_true", help="the reference workload: 4 prompts x 16 completions x 200 tokens")
+    rollout.add_argument("--bandwidth-gbs", type=float, help="GPU memory bandwidth for the roofline share (looked up when omitted)")
+    rollout.add_argument("--out", default="runs/bench-rollout")
+    rollout.add_argument("overrides", nargs="*", help="config overrides, e.g. model.path=...")
+    rollout.set_defaults(run=_bench_rollout)
+    step = bench.add_parser("step", help="aharl's GRPO step (per phase) and TRL's GRPOTrainer on the same work")
+    step.add_argument("--config", default="quickstart", help="a shipped config's name or a file")
+    step.add_argument("--steps", type=int, default=3, help="steps per trainer; the first is reported as warm-up")
+    step.add_argument("--reference", action="store_true", help="the reference recipe's shape (16 x 4 prompts, 200 tokens, reference rewards) on --prompts")
+    step.add_argument("--prompts", help="a .jsonl of GSM8K rows (needed with --reference when offline)")
+    step.add_argument("--no-trl", action="store_true", help="measure aharl only")
+    step.add_argument("--out", default="runs/bench-step")
+    step.add_argument("overrides", nargs="*")
+    step.set_defaults(run=_bench_step)
+
+    evaluate = commands.add_parser("eval", help="accuracy and format compliance of a model on GSM8K-style questions (JSON)")
+    evaluate.add_argument("--model", required=True, help="a local HF directory (e.g. runs/NAME/final), a hub id, or smollm2-135m-instruct")
+    evaluate.add_argument("--data", required=True, help="a .jsonl/.json/.parquet/.csv file or a hub id with question/answer columns")
+    evaluate.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
+    evaluate.add_argument("--limit", type=int, help="evaluate only the first N questions")
+    evaluate.add_argument("--modes", default="greedy,sampled", help="greedy, sampled, or both (default)")
+    evaluate.add_argument("--samples", type=int, default=4, help="answers per question in sampled mode (reports pass@N too)")
+    evaluate.add_argument("--temperature", type=float, default=0.9, help="sampled mode's temperature")
+    evaluate.add_argument("--max-tokens", type=int, default=200)
+    evaluate.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="auto: vLLM, or HF generate where vLLM is missing")
+    evaluate.add_argument("--config", help="a training config whose data/system prompt/rewards to use (default: the reference's)")
+    evaluate.add_argument("--rewards", help="reward functions to score answers with (default: the config's)")
+    evaluate.add_argument("--output", help="write the JSON here as well as to stdout")
+    evaluate.add_argument("--answers", help="write every answer with its judgement to this JSONL file")
+    evaluate.add_argument("overrides", nargs="*", help="config overrides, e.g. data.system_prompt=...")
+    evaluate.set_defaults(run=_eval)
+
+    plot = commands.add_parser("plot", help="PNG plots of a run's metrics (rewards, KL, length, timings, eval)")
+    plot.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
+    plot.set_defaults(run=_plot)
+
+    report = commands.add_parser("report", help="before/after report (Markdown + HTML) from two `aharl eval --output` files")
+    report.add_argument("before", help="JSON from `aharl eval` of the initial model")
+    report.add_argument("after", help="JSON from `aharl eval` of the trained model")
+    report.add_argument("--out", default="runs/report", help="directory for report.md and report.html")
+    report.add_argument("--questions", type=int, default=16, help="questions shown side by side")
+    report.set_defaults(run=_report)
+
+    config = commands.add_parser("config", help="inspect configs").add_subparsers(title="config commands")
+    show = config.add_parser("show", help="print the resolved config (file + overrides)")
+    show.add_argument("file", help="YAML config")
+    show.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.n=8")
+    show.set_defaults(run=_config_show)
+
+    rewards = commands.add_parser("rewards", help="reward functions").add_subparsers(title="rewards commands")
+    score = rewards.add_parser("score", help="score completions from a JSONL file")
+    score.add_argument("--input", required=True, help='JSONL rows {"completion": str, "answer": str}')
+    score.add_argument("--rewards", default="reference", help="comma-separated names, sets or module:function (default: reference)")
+    score.add_argument("--output", help="write JSONL here instead of stdout")
+    score.set_defaults(run=_rewards_score)
+    return parser
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from aharl.cli.evaluate import run_eval_command
+
+    return run_eval_command(args)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from aharl.tracking.plots import plot_run
+
+    paths = plot_run(Path(args.run_dir))
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from aharl.cli.evaluate import run_report_command
+
+    return run_report_command(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from aharl.cli.train import run_train
+
+    return run_train(args)
+
+
+def _bench_rollout(args: argparse.Namespace) -> int:
+    from aharl.cli.bench import bench_rollout
+
+    return bench_rollout(args)
+
+
+def _bench_step(args: argparse.Namespace) -> int:
+    from aharl.cli.bench import bench_step
+
+    return bench_step(args)
+
+
+def _rewards_score(args: argparse.Namespace) -> int:
+    from aharl.cli.rewards import rewards_score
+
+    return rewards_score(args)
+
+
+def _configs(args: argparse.Namespace) -> int:
+    from aharl.config import shipped_configs
+
+    for name, path in shipped_configs().items():
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        print(f"{name:28s} {first}")
+    print(f"(in {next(iter(shipped_configs().values())).parent}; `aharl config show NAME` prints one resolved)")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from aharl.cli.common import load_run_config
+    from aharl.config import dump_config
+
+    print(dump_config(load_run_config(args.file, args.overrides)), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""The learner: a DeepSpeed engine that turns micro-batches into one GRPO update.
+
+This class knows nothing of Ray; :mod:`aharl.runtime.cluster` runs it as a Ray
+actor (one per data-parallel rank). It owns the policy, the optional frozen
+reference, the optimizer and the LR schedule, and it hands its weights out
+for the rollout engine (files, CUDA IPC or NCCL, see :mod:`aharl.sync`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from aharl.config import Config
+from aharl.device import resolve_device, training_dtype
+from aharl.modelhub import resolve_model_path
+from aharl.rng import restore_rng_state, rng_state
+from aharl.sync import cuda_ipc, nccl, shm
+from aharl.sync.buckets import plan_buckets
+from aharl.grpo.batch import MicroBatch, pad_sequences
+from aharl.grpo.logprobs import token_entropy, token_logprobs
+from aharl.grpo.loss import grpo_loss
+
+CHECKPOINT_TAG = "state"
+
+
+def deepspeed_config(config: Config, dtype: torch.dtype, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config for this run; DeepSpeed does accumulation, clipping and ZeRO."""
+    micro = config.learner.micro_batch_prompts * config.rollout.n
+    return {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": config.grad_accum_steps // world_size,
+        "train_batch_size": micro * (config.grad_accum_steps // world_size) * world_size,
+        "gradient_clipping": config.learner.max_grad_norm,
+        "zero_optimization": {"stage": config.learner.zero_stage},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Learner:
+    """One data-parallel rank of the policy update."""
+
+    def __init__(self, config: Config, total_steps: int, rank: int = 0, world_size: int = 1, master_port: int = 29500) -> None:
+        import deepspeed
+        import transformers
+        from transformers import AutoModelForCausalLM, get_scheduler
+
+        # Loading and every checkpoint's export would each draw a progress bar
+        # through Ray's log stream, between the driver's one-line-per-step log.
+        transformers.utils.logging.disable_progress_bar()
+        self.config = config
+        self.rank, self.world_size = rank, world_size
+        self.device = resolve_device(config)
+        self.dtype = training_dtype(config, self.device)
+        if self.device == "cpu":
+            # Generation and the update take turns, so the update may use every core.
+            torch.set_num_threads(os.cpu_count() or 1)
+        os.environ.update(
+            {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size), "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"), "MASTER_PORT": str(master_port)}
+        )
+        deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False)
+        torch.manual_seed(config.learner.seed)
+
+        path = resolve_model_path(config.model.path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+        model.config.use_cache = False
+        if config.learner.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.reference = None
+        if config.grpo.beta > 0:
+            self.reference = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+            self.reference.requires_grad_(False)
+
+        lr = config.learner
+        # As the HF Trainer the reference ran under: no weight decay on biases and norm weights.
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": lr.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=lr.lr,
+            betas=lr.betas,
+        )
+        optimizer_steps = total_steps * config.grpo.updates_per_batch
+        scheduler = get_scheduler(
+            lr.lr_scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(optimizer_steps * lr.warmup_ratio),
+            num_training_steps=optimizer_steps,
+        )
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(config, self.dtype, world_size),
+        )
+        self._ipc_buffers: list[torch.Tensor] = []
+        self._nccl = None
+
+    # ------------------------------------------------------------------
+    # Log-probs
+
+    def _policy_logp(self, model: torch.nn.Module, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs ``[S, C]`` of the completion tokens, and the logits ``[S, C, V]`` they came from."""
+        logits = model(
+            input_ids=mb.input_ids,
+            attention_mask=mb.attention_mask,
+            position_ids=mb.position_ids,
+            logits_to_keep=mb.completion_len + 1,
+        ).logits[:, :-1]  # [S, C, V]: position P-1+t predicts completion token t
+        return token_logprobs(logits, mb.completion_ids, self.config.learner.logprob_chunk_rows), logits
+
+    @torch.no_grad()
+    def completion_logprobs(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
+        """The current policy's log-probs for given completions (to compare with the rollout engine)."""
+        ids, attention, positions, comp, mask = pad_sequences(prompt_ids, completion_ids, pad_id=0)
+        zeros = torch.zeros(len(prompt_ids))
+        mb = MicroBatch(ids, attention, positions, comp, mask, torch.zeros(comp.shape), zeros).to(self.device)
+        self.engine.eval()
+        logp, _ = self._policy_logp(self.engine.module, mb)
+        self.engine.train()
+        return [row[: len(c)].tolist() for row, c in zip(logp.float().cpu(), completion_ids)]
+
+    # ------------------------------------------------------------------
+    # The update
+
+    def train_step(self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float) -> dict[str, float]:
+        """One GRPO update (``updates_per_batch`` optimizer steps) over this rank's micro-batches.
+
+        ``num_sequences`` / ``num_tokens`` are counts over the whole optimizer
+        step on all ranks, so the loss of each micro-batch is its exact share
+        of the full-batch loss (see :mod:`aharl.grpo.loss`).
+        """
+        cfg = self.config.grpo
+        batches = [mb.to(self.device) for mb in micro_batches]
+        timings = {"time/reference": 0.0, "time/train": 0.0}
+
+        started = time.perf_counter()
+        ref_logps: list[torch.Tensor | None] = [None] * len(batches)
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logps = [self._policy_logp(self.reference, mb)[0] for mb in batches]
+        timings["time/reference"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        old_logps: list[torch.Tensor | None] = [None] * len(batches)
+        sums: dict[str, float] = {}
+        weight: dict[str, float] = {}
+        sync_diff_sum, sync_tokens = 0.0, 0.0
+        # DeepSpeed divides each micro-batch loss by its accumulation count;
+        # the losses here are already shares of the full batch, so undo that.
+        scale = self.engine.gradient_accumulation_steps() * self.world_size
+        for update in range(cfg.updates_per_batch):
+            for i, mb in enumerate(batches):
+                logp, logits = self._policy_logp(self.engine, mb)
+                mask = mb.completion_mask
+                if update == 0:
+                    # Before any update this is the policy that sampled: it must
+                    # equal the rollout engine's log-probs if the last sync worked.
+                    diff = ((logp.detach() - mb.rollout_logp).abs() * mask).sum().item()
+                    sync_diff_sum += diff
+                    sync_tokens += mask.sum().item()
+                    if cfg.updates_per_batch > 1:
+                        old_logps[i] = logp.detach()
+                out = grpo_loss(
+                    logp,
+                    mb.advantages,
+                    mask,
+                    old_logp=old_logps[i],
+                    ref_logp=ref_logps[i],
+                    beta=cfg.beta,
+                    clip_eps_low=cfg.clip_eps_low,
+                    clip_eps_high=cfg.clip_eps_high,
+                    aggregation=cfg.loss_aggregation,
+                    max_completion_tokens=self.config.rollout.max_tokens,
+                    num_sequences=num_sequences,
+                    num_tokens=num_tokens,
+                    entropy=token_entropy(logits.detach(), self.config.learner.logprob_chunk_rows),
+                )
+                self.engine.backward(out.loss * scale)
+                self.engine.step()
+                tokens = out.metrics.pop("tokens")
+                for key, value in out.metrics.items():
+                    # The loss adds up over micro-batches; the rest are token means.
+                    w = 1.0 if key == "loss" else tokens
+                    sums[key] = sums.get(key, 0.0) + value * w
+                    weight[key] = weight.get(key, 0.0) + w
+        timings["time/train"] = time.perf_counter() - started
+
+        metrics = {key: sums[key] / (weight[key] if key != "loss" else cfg.updates_per_batch) for key in sums}
+        metrics["sync/logp_diff"] = sync_diff_sum / max(sync_tokens, 1.0)
+        grad_norm = self.engine.get_global_grad_norm()
+        metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics.update(timings)
+        return metrics
+
+    # ------------------------------------------------------------------
+    # Weights out
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full (gathered) parameters under their HF names; tied weights once."""
+        import deepspeed
+
+        module = self.engine.module
+        for name, param in module.named_parameters():
+            if self.config.learner.zero_stage == 3:
+                with deepspeed.zero.GatheredParameters([param]):
+                    yield name, param.data.detach().clone()
+            else:
+                yield name, param.data.detach()
+
+    def weight_buckets(self) -> list[list[str]]:
+        sizes = [(name, p.numel() * p.element_size()) for name, p in self.engine.module.named_parameters()]
+        return plan_buckets(sizes, self.config.sync.bucket_mb * 2**20)
+
+    def export_weight_files(self, directory: str) -> list[str]:
+        """Sender side of :mod:`aharl.sync.shm`: the weights as bucket files under ``directory``."""
+        weights = list(self.named_weights())  # every rank gathers (ZeRO-3); rank 0 writes
+        if self.rank != 0:
+            return []
+        return shm.send(weights, self.weight_buckets(), directory)
+
+    def export_cuda_ipc_bucket(self, index: int) -> dict[str, Any]:
+        """Sender side of :mod:`aharl.sync.cuda_ipc`: bucket ``index``'s handle (its buffer kept until released)."""
+        names = set(self.weight_buckets()[index])
+        selected = [(n, t) for n, t in self.named_weights() if n in names]
+        if self.rank != 0:
+            return {}
+        packed, handle = cuda_ipc.send(selected)
+        self._ipc_buffers.append(packed)
+        return handle
+
+    def release_cuda_ipc(self) -> None:
+        self._ipc_buffers.clear()
+        torch.cuda.empty_cache()
+
+    def init_nccl(self, master_address: str, master_port: int, world_size: int) -> None:
+        """Sender side of :mod:`aharl.sync.nccl`: rank 0 joins the broadcast group with the rollout workers."""
+        self._nccl = nccl.connect(master_address, master_port, 0, world_size, torch.cuda.current_device())
+
+    def weight_meta(self) -> list[nccl.WeightMeta]:
+        return nccl.describe(self.engine.module.named_parameters())
+
+    def broadcast_weights(self) -> int:
+        weights = self.named_weights()
+        if self.rank != 0:
+            for _ in weights:  # the other ranks still take part in ZeRO-3's gathers
+                pass
+            return 0
+        return nccl.send(self._nccl, weights)
+
+    def export_hf(self, directory: str) -> str | None:
+        """Write the policy as a Hugging Face directory (safetensors + config), atomically.
+
+        Every rank takes part (ZeRO-3 gathers); rank 0 writes into a temporary
+        directory and renames it, so a crash mid-write never leaves a half directory.
+        """
+        import shutil
+        import tempfile
+
+        state = {name: tensor.to("cpu") for name, tensor in self.named_weights()}
+        if self.rank != 0:
+            return None
+        target = os.path.abspath(directory)
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+        try:
+            self.engine.module.save_pretrained(staging, state_dict=state)
+            os.chmod(staging, 0o755)  # mkdtemp makes it private; the export is for others to read
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    # ------------------------------------------------------------------
+    # Checkpoints
+
+    def save_state(self, directory: str) -> None:
+        """DeepSpeed's checkpoint (weights, optimizer, scheduler) plus this rank's RNG states.
+
+        Every rank calls this with the same ``directory`` (a filesystem all
+        ranks share); each writes its own ZeRO shard.
+        """
+        self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"rng": rng_state()}, save_latest=False)
+
+    def load_state(self, directory: str) -> None:
+        path, client_state = self.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{CHECKPOINT_TAG}")
+        rng = (client_state or {}).get("rng")
+        if rng is not None:
+            restore_rng_state(rng)
+
+    def parameter_checksum(self) -> float:
+        with torch.no_grad():
+            return float(sum(t.double().abs().sum().item() for _, t in self.named_weights()))

@@ -1,0 +1,26 @@
+"""The body of a reward worker: scores chunks of completions in its own process.
+
+:class:`aharl.runtime.reward_pool.RewardPool` runs several as Ray actors and
+replaces one that dies or hangs; nothing here knows of Ray.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aharl.rewards.registry import resolve_reward_functions
+from aharl.rewards.scoring import RewardScores, score_completions
+
+
+class RewardWorker:
+    """One scoring process (a Ray actor); resolves the reward functions once."""
+
+    def __init__(self, functions: list[str], weights: dict[str, float]) -> None:
+        self.functions = resolve_reward_functions(functions)
+        self.weights = weights
+
+    def score(self, completions: list[str], answers: list[str]) -> RewardScores:
+        return score_completions(completions, answers, self.functions, self.weights, tolerate_errors=True)
+
+    def ping(self) -> int:
+        return os.getpid()

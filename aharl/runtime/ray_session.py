@@ -1,0 +1,16 @@
+"""Joining or starting the Ray cluster a run's actors live in."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def connect_ray(stream_actor_logs: bool = True) -> None:
+    """Join the cluster of ``ray job submit`` (RAY_ADDRESS is set) or start one in-process.
+
+    ``stream_actor_logs``: print the actors' output in the driver (off when it goes to the run's log files).
+    """
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=stream_actor_logs, logging_level="WARNING")

@@ -1,0 +1,243 @@
+"""The run around the steps: its directory, resume, evaluation, checkpoints, logs, export, report and plots.
+
+:func:`aharl.trainer.loop.train` owns the step order; this object owns
+everything a run leaves on disk and on the console between and after the
+steps, so the loop reads as the algorithm.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from aharl.config import Config, dump_config
+from aharl.data.sampler import PromptSampler
+from aharl.errors import AharlError
+from aharl.evaluation.report import write_report
+from aharl.evaluation.run import GREEDY, evaluate
+from aharl.tracking import checkpoints as ckpt
+from aharl.tracking.evals import read_eval_file, run_eval_path, write_eval_file
+from aharl.tracking.jsonl import truncate_after
+from aharl.tracking.metrics import MetricsLog, format_step
+from aharl.tracking.progress import Progress, format_duration
+from aharl.tracking.samples import SamplesLog, sample_rows
+from aharl.tracking.wandb_run import WandbRun
+from aharl.types import EvalResult, Prompt, ScoredGroup
+
+PrintFn = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    last_step: int = 0
+    # The signal that stopped the run early (a checkpoint was written), else None.
+    stopped_by: str | None = None
+    exit_code: int = 0
+    checkpoint: Path | None = None
+
+
+def run_directory(config: Config) -> Path:
+    name = config.logging.run_name or time.strftime("run-%Y%m%d-%H%M%S")
+    return Path(config.logging.output_dir) / name
+
+
+def prepare_run_directory(run_dir: Path) -> None:
+    """Create ``run_dir``; an earlier run's files there move to ``previous-<time>/``, never overwritten."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    earlier = [p for p in run_dir.iterdir() if not p.name.startswith("previous-")]
+    if not earlier:
+        return
+    started = max(p.stat().st_mtime for p in earlier)
+    keep = run_dir / time.strftime("previous-%Y%m%d-%H%M%S", time.localtime(started))
+    keep.mkdir(exist_ok=True)
+    for path in earlier:
+        path.rename(keep / path.name)
+
+
+def eval_metrics(evaluation: EvalResult) -> dict[str, float]:
+    """An evaluation's summary under the ``eval/`` prefix, as metrics rows and wandb hold it."""
+    return {f"eval/{k}": v for k, v in evaluation.summary.items()}
+
+
+class RunLifecycle:
+    """One run's bookkeeping, from its directory to its report.
+
+    The order of use: construct (run directory, resume target), then
+    :meth:`resume_position`, :meth:`attach` (once the actors exist),
+    :meth:`begin`, :meth:`after_step` per step, :meth:`finish`, :meth:`close`.
+    """
+
+    def __init__(self, config: Config, print_fn: PrintFn, progress_bar: bool | None) -> None:
+        self.config = config
+        self.print = print_fn
+        self.progress_bar = progress_bar
+        self.run_dir = run_directory(config)
+        self.resume_from = ckpt.resolve_resume(config.resume, self.run_dir)
+        # A checkpoint of another run directory starts this one afresh (its logs
+        # begin at the checkpoint's next step, its wandb run is a new one).
+        self.continues_run_dir = self.resume_from is not None and self.resume_from.resolve().parent.parent == self.run_dir.resolve()
+        if self.resume_from is None and config.resume == "auto":
+            print_fn(f"resume=auto: no checkpoint in {self.run_dir / 'checkpoints'}; starting at step 1")
+        if not self.continues_run_dir:
+            prepare_run_directory(self.run_dir)
+        (self.run_dir / "config.yaml").write_text(dump_config(config))
+        self.state: ckpt.TrainerState | None = None
+        self.result = RunResult(self.run_dir)
+        self.total_steps = 0
+        self.metrics_log = MetricsLog(self.run_dir)
+        self.samples_log = SamplesLog(self.run_dir)
+        self.wandb: WandbRun | None = None
+        self.progress: Progress | None = None
+
+    # -- before the actors start -------------------------------------------
+
+    def resume_position(self, sampler: PromptSampler, total_steps: int) -> int:
+        """The first step to run: 1, or the step after the checkpoint (whose data position the sampler takes)."""
+        self.total_steps = total_steps
+        if self.resume_from is not None:
+            self.state = state = ckpt.read_checkpoint(self.resume_from)
+            try:
+                sampler.load_state_dict(state.sampler)
+            except ValueError as exc:
+                raise AharlError(f"cannot resume from {self.resume_from}: {exc}; resume with the data settings the run started with") from None
+            if state.total_steps != total_steps:
+                self.print(f"note: the checkpoint's run had {state.total_steps} steps, this config gives {total_steps}; the LR schedule follows the new count")
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                truncate_after(self.run_dir / name, state.step)
+        start_step = self.state.step + 1 if self.state else 1
+        self.result.last_step = start_step - 1
+        if start_step > total_steps:
+            self.print(f"{self.resume_from} is step {start_step - 1} of {total_steps}: the run is complete (raise learner.max_steps or learner.epochs to train on)")
+            self.result.checkpoint = self.resume_from
+        return start_step
+
+    def open_tracking(self) -> None:
+        """wandb (a resumed run of this directory continues its wandb run); before the actors, so a missing wandb fails fast."""
+        same_run = self.state is not None and self.continues_run_dir
+        self.wandb = WandbRun(self.config, self.run_dir, self.state.wandb_run_id if same_run else None)
+        self._elapsed_before = self.state.elapsed_s if self.state else 0.0
+
+    # -- with the actors -----------------------------------------------------
+
+    def attach(self, cluster: Any, rewards: Any, tokenizer: Any, sampler: PromptSampler, eval_prompts: Sequence[Prompt]) -> None:
+        self.cluster, self.rewards, self.tokenizer = cluster, rewards, tokenizer
+        self.sampler, self.eval_prompts = sampler, list(eval_prompts)
+        self._loop_started = time.perf_counter()
+        self.progress = Progress(self.total_steps, self.result.last_step + 1, self.print, bar=self.progress_bar)
+
+    def begin(self) -> None:
+        """A resumed run puts the checkpoint's weights into the rollout engine; a new one evaluates the initial policy."""
+        if self.state is not None:
+            # The rollout engine starts from the initial weights: give it the checkpoint's first.
+            self.cluster.load_learner_state(str(self.resume_from / ckpt.LEARNER_DIR))
+            synced = self.cluster.sync_weights()
+            self.print(
+                f"resumed from {self.resume_from}: step {self.result.last_step + 1} next, learner state loaded, "
+                f"weights synced to the rollout engine ({synced['time/sync']:.1f}s)"
+            )
+        elif self.eval_prompts:
+            self.metrics_log.write(0, eval_metrics(self.run_eval("before")))
+
+    def after_step(self, step: int, metrics: dict[str, float], scored: Sequence[ScoredGroup], stop_requested: str | None) -> None:
+        """Periodic evaluation, the step's logs and console line, and a checkpoint when one is due."""
+        c = self.config
+        if self.eval_prompts and c.eval.every_steps and step % c.eval.every_steps == 0 and step < self.total_steps:
+            began = time.perf_counter()
+            metrics.update(eval_metrics(self.run_eval(f"step {step}")))
+            metrics["time/eval"] = time.perf_counter() - began
+        rows = sample_rows(scored, c.logging.samples_per_step)
+        self.metrics_log.write(step, metrics)
+        self.samples_log.write(step, scored, rows)
+        self.wandb.log(step, metrics, rows)
+        self.result.history.append(metrics)
+        self.result.last_step = step
+        shown = step % c.logging.every_steps == 0 or step == self.total_steps
+        line = format_step(step, self.total_steps, metrics) if shown else None
+        self.progress.step_done(step, metrics["time/step"], metrics["reward/total"], line)
+        if step % c.checkpoint.every_steps == 0 or step == self.total_steps or stop_requested:
+            self.result.checkpoint = self.save_checkpoint(step)
+
+    def stopped(self, step: int, signal_name: str, exit_code: int) -> RunResult:
+        self.result.stopped_by, self.result.exit_code = signal_name, exit_code
+        self.progress.write(f"stopped by {signal_name} after step {step}; continue with: aharl train <config> resume=auto")
+        return self.result
+
+    def finish(self) -> None:
+        """The outputs of a finished run: the HF policy, the final evaluation and report, the plots."""
+        self.progress.close()
+        final = self.export_policy(self.run_dir / "final")
+        self.print(f"policy saved to {final}")
+        if self.eval_prompts:
+            after = self.run_eval("after")
+            final_metrics = eval_metrics(after)
+            self.metrics_log.write(self.total_steps, final_metrics)  # an eval-only row, as the one of step 0
+            self.wandb.log(self.total_steps, final_metrics)
+            before_file = run_eval_path(self.run_dir, "before")
+            if before_file.is_file():
+                before = read_eval_file(before_file)["greedy"]
+                md, page = write_report(self.run_dir, f"{self.run_dir.name}: before and after training", before, after, self.config.eval.report_questions)
+                self.print(f"before/after report: {md} and {page}")
+        if self.config.logging.plots:
+            self._plot()
+        self.print(f"trained {self.total_steps} step{'s' if self.total_steps != 1 else ''} in {format_duration(self._elapsed())}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+    # -- pieces ----------------------------------------------------------------
+
+    def run_eval(self, label: str) -> EvalResult:
+        """Greedy answers of the current policy to the held-out questions, saved as ``eval/<label>.json``."""
+        evaluation = evaluate(
+            self.cluster.generate, lambda groups: self.rewards.score_groups(groups)[0], self.eval_prompts, GREEDY,
+            max_tokens=self.config.rollout.max_tokens, seed=self.config.rollout.seed,
+        )
+        write_eval_file(run_eval_path(self.run_dir, label), {evaluation.mode: evaluation}, {"label": label, "model": self.config.model.path})
+        s = evaluation.summary
+        self.print(
+            f"eval {label}: accuracy {s['accuracy_numeric']:.3f} numeric, {s['accuracy_exact']:.3f} exact | format strict "
+            f"{s['format_strict']:.3f} soft {s['format_soft']:.3f} | len {s['mean_length']:.0f} | reward {s['reward_total']:.3f}"
+        )
+        return evaluation
+
+    def save_checkpoint(self, step: int) -> Path:
+        began = time.perf_counter()
+
+        def fill(staging: Path) -> None:
+            self.cluster.save_learner_state(str(staging / ckpt.LEARNER_DIR))
+            self.export_policy(staging / "hf")
+            (staging / "config.yaml").write_text(dump_config(self.config))
+
+        state = ckpt.TrainerState(
+            step=step, total_steps=self.total_steps, sampler=self.sampler.state_dict(),
+            elapsed_s=self._elapsed(), wandb_run_id=self.wandb.run_id,
+        )
+        path = ckpt.write_checkpoint(self.run_dir / "checkpoints", step, fill, state, self.config.checkpoint.keep_last)
+        self.progress.write(f"checkpoint: {path} ({time.perf_counter() - began:.1f}s)")
+        return path
+
+    def export_policy(self, directory: Path) -> Path:
+        """The policy with its tokenizer as a Hugging Face directory (transformers and vLLM load it)."""
+        self.cluster.export_policy(str(directory))
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
+    def _elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._loop_started
+
+    def _plot(self) -> None:
+        try:
+            from aharl.tracking.plots import plot_run
+
+            paths = plot_run(self.run_dir)
+        except ImportError:
+            self.print("plots skipped: matplotlib is not installed (pip install 'aharl[track]'; then aharl plot RUN_DIR)")
+        else:
+            self.print(f"plots: {paths[0].parent}/ ({', '.join(p.name for p in paths)})")

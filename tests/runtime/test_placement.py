@@ -1,0 +1,65 @@
+"""Placement of actors for both layouts, the sync method per device, and the rollout actor's environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from aharl.config import load_config
+from aharl.errors import AharlError
+from aharl.runtime.placement import plan_layout, sync_method
+from tests.helpers.paths import CONFIGS
+
+ONE_GPU = CONFIGS / "gsm8k-qwen2.5-0.5b-3090.yaml"
+TWO_GPU = CONFIGS / "gsm8k-qwen2.5-0.5b-2gpu.yaml"
+
+
+def test_colocated_single_gpu_layout_shares_one_bundle():
+    config = load_config(ONE_GPU)
+    layout = plan_layout(config, "cuda")
+    assert layout.bundles == [{"GPU": 1.0, "CPU": 2.0}]
+    assert layout.rollout.bundle_index == layout.learners[0].bundle_index == 0
+    # Fractional shares of the one GPU that add up to it: vLLM gets its memory fraction.
+    assert layout.rollout.num_gpus == 0.3
+    assert layout.learners[0].num_gpus + layout.rollout.num_gpus == pytest.approx(1.0)
+    assert layout.strategy == "STRICT_PACK"
+    assert sync_method(config, "cuda") == "cuda_ipc"
+
+
+def test_separate_two_gpu_layout_gives_rollout_its_own_gpu():
+    config = load_config(TWO_GPU)
+    layout = plan_layout(config, "cuda")
+    assert layout.bundles == [{"GPU": 1.0, "CPU": 1.0}, {"GPU": 1.0, "CPU": 1.0}]
+    assert [s.bundle_index for s in layout.learners] == [0] and layout.learners[0].num_gpus == 1.0
+    assert layout.rollout.bundle_index == 1 and layout.rollout.num_gpus == 1.0
+    assert sync_method(config, "cuda") == "nccl"
+
+
+def test_multi_gpu_learner_ranks_each_get_a_gpu():
+    config = load_config(TWO_GPU, ["placement.learner_gpus=2", "placement.rollout_gpus=2"])
+    layout = plan_layout(config, "cuda")
+    assert [s.bundle_index for s in layout.learners] == [0, 1]
+    assert layout.bundles[-1] == {"GPU": 2.0, "CPU": 1.0} and layout.rollout.bundle_index == 2
+
+
+@pytest.mark.parametrize("layout_name, rollout_bundle", [("colocate", 0), ("separate", 1)])
+def test_both_layouts_run_on_cpu_without_gpus(layout_name, rollout_bundle):
+    config = load_config(ONE_GPU, [f"placement.layout={layout_name}", "sync.method=auto"])
+    layout = plan_layout(config, "cpu")
+    assert all("GPU" not in b for b in layout.bundles)
+    assert all(s.num_gpus == 0 for s in [layout.rollout, *layout.learners])
+    assert layout.rollout.bundle_index == rollout_bundle
+    assert sync_method(config, "cpu") == "shm"
+
+
+def test_gpu_sync_method_on_cpu_is_a_clear_error():
+    with pytest.raises(AharlError, match="sync.method=cuda_ipc needs GPUs"):
+        sync_method(load_config(ONE_GPU), "cpu")
+
+
+def test_rollout_actor_logs_vllm_warnings_only_unless_the_user_chose(monkeypatch):
+    from aharl.runtime.cluster import rollout_env
+
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+    assert rollout_env() == {"VLLM_LOGGING_LEVEL": "WARNING"}
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")
+    assert rollout_env() == {"VLLM_LOGGING_LEVEL": "DEBUG"}
