@@ -1,6 +1,6 @@
 """System prompts that define the output format the rewards look for."""
 
-# The reference recipe's system message (../shared/REFERENCE.md): it begins and
+# The reference recipe's system message (docs/reference-recipe.md): it begins and
 # ends with a newline, and the rule rewards check exactly these tags.
 REFERENCE_SYSTEM_PROMPT = (
     "\n"

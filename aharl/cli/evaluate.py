@@ -72,7 +72,7 @@ def chunked(generate):
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from aharl.config import load_config
+    from aharl.cli.common import load_run_config
     from aharl.data.prompts import build_prompts
     from aharl.data.sources import load_rows
     from aharl.modelhub import load_tokenizer
@@ -87,7 +87,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     overrides = [f"model.path={args.model}", f"data.source={args.data}", f"data.split={args.split}", f"rollout.max_tokens={args.max_tokens}", "data.shuffle=false"]
     if args.rewards:
         overrides.append(f"rewards.functions=[{args.rewards}]")
-    config = load_config(args.config, overrides + list(args.overrides))
+    config = load_run_config(args.config, overrides + list(args.overrides))
     tokenizer = load_tokenizer(config.model.path)
     prompts, report = build_prompts(load_rows(config.data), tokenizer, config.data)
     print(f"data: {report.summary()}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The five rule rewards of the reference recipe, exactly as specified.
 
-See ../shared/REFERENCE.md. The quirks are deliberate and tested: the format
+See docs/reference-recipe.md. The quirks are deliberate and tested: the format
 regexes run without ``re.DOTALL`` (so multi-line reasoning never matches),
 ``re.match`` anchors at the start, and correctness is an exact string compare
 (``1080`` vs gold ``1,080`` scores 0). Corrected behaviour lives in

