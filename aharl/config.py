@@ -537,6 +537,22 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
         f"= {p.learner_gpus} does not divide the {c.grad_accum_steps} micro-batches of a step",
         "make learner.prompts_per_step / learner.micro_batch_prompts a multiple of the learner GPUs",
     )
+    method, layout = c.sync.method, p.layout
+    require(
+        not (method == "nccl" and layout == "colocate"), "sync.method",
+        "= nccl cannot pair the learner and vLLM on one GPU (NCCL needs one process per device)",
+        "use sync.method=auto (CUDA IPC when colocated) or placement.layout=separate",
+    )
+    require(
+        not (method == "cuda_ipc" and layout == "separate"), "sync.method",
+        "= cuda_ipc maps memory of the same GPU, but placement.layout=separate puts vLLM on other GPUs",
+        "use sync.method=auto (NCCL when separate) or placement.layout=colocate",
+    )
+    require(
+        not (r.backend == "hf" and method in ("nccl", "cuda_ipc")), "sync.method",
+        f"= {method} is not implemented for rollout.backend=hf (it takes weights through shared-memory files)",
+        "use sync.method=auto or shm with the hf backend, or rollout.backend=vllm",
+    )
     require(c.sync.interval_steps >= 1, "sync.interval_steps", f"= {c.sync.interval_steps} must be at least 1", "set it to 1 to sync after every update")
     require(c.sync.bucket_mb >= 1, "sync.bucket_mb", f"= {c.sync.bucket_mb} must be at least 1", "set it to e.g. 512")
     require(c.sync.logp_diff_warn > 0, "sync.logp_diff_warn", f"= {c.sync.logp_diff_warn} must be positive", "set it to e.g. 0.05")

@@ -15,6 +15,22 @@ from aharl.config import Config
 from aharl.errors import AharlError
 
 
+# Ray counts fractional resources in units of 1e-4: two shares of one GPU fit
+# only if their unit counts add up to at most this.
+GPU_SHARE_UNITS = 10_000
+
+
+def split_gpu(rollout_fraction: float) -> tuple[float, float]:
+    """(learner share, rollout share) of one GPU that Ray can place together.
+
+    Rounding each share to decimals separately can overshoot by a unit (0.3333
+    + 0.667 > 1): the placement group is then never ready. The rollout share is
+    floored to whole units and the learner takes exactly the rest.
+    """
+    rollout_units = max(1, min(GPU_SHARE_UNITS - 1, int(rollout_fraction * GPU_SHARE_UNITS)))
+    return (GPU_SHARE_UNITS - rollout_units) / GPU_SHARE_UNITS, rollout_units / GPU_SHARE_UNITS
+
+
 @dataclass(frozen=True)
 class ActorSlot:
     """Where one actor goes: a bundle of the placement group and its share of it."""
@@ -42,10 +58,10 @@ def plan_layout(config: Config, device: str) -> Layout:
         bundles = [{"CPU": 1.0}, {"CPU": 1.0}]
         return Layout(bundles, [ActorSlot(0, 1.0, 0.0)], ActorSlot(1, 1.0, 0.0), "PACK")
     if p.layout == "colocate":
-        share = config.rollout.gpu_memory_utilization
+        learner_share, rollout_share = split_gpu(config.rollout.gpu_memory_utilization)
         bundles = [{"GPU": 1.0, "CPU": 2.0 if i == 0 else 1.0} for i in range(ranks)]
-        learners = [ActorSlot(i, 1.0, round(1.0 - share, 3) if i == 0 else 1.0) for i in range(ranks)]
-        return Layout(bundles, learners, ActorSlot(0, 1.0, share), "STRICT_PACK")
+        learners = [ActorSlot(i, 1.0, learner_share if i == 0 else 1.0) for i in range(ranks)]
+        return Layout(bundles, learners, ActorSlot(0, 1.0, rollout_share), "STRICT_PACK")
     bundles = [{"GPU": 1.0, "CPU": 1.0} for _ in range(ranks)]
     bundles.append({"GPU": float(p.rollout_gpus), "CPU": 1.0})
     learners = [ActorSlot(i, 1.0, 1.0) for i in range(ranks)]

@@ -26,6 +26,8 @@ from aharl.types import RolloutGroup, ScoredGroup
 
 log = logging.getLogger("aharl.rewards")
 
+REWARD_WORKER_ENV = {"CUDA_VISIBLE_DEVICES": ""}
+
 
 class RewardPool:
     """Splits a batch over ``num_workers`` actors and merges their scores in order."""
@@ -35,7 +37,9 @@ class RewardPool:
 
         self.config = config
         self.names = [name for name, _ in resolve_reward_functions(config.functions)]
-        self._actor_class = ray.remote(num_cpus=0, max_restarts=0)(logged_actor(RewardWorker, log_dir / "rewards.log" if log_dir is not None else None))
+        # No GPU for reward code: Ray leaves CUDA_VISIBLE_DEVICES unset for 0-GPU
+        # actors, so a user reward that touches CUDA would land on GPU 0 beside vLLM.
+        self._actor_class = ray.remote(num_cpus=0, max_restarts=0, runtime_env={"env_vars": REWARD_WORKER_ENV})(logged_actor(RewardWorker, log_dir / "rewards.log" if log_dir is not None else None))
         self.workers = [self._spawn() for _ in range(config.num_workers)]
         self._reported: set[str] = set()
 

@@ -25,6 +25,17 @@ def test_colocated_single_gpu_layout_shares_one_bundle():
     assert sync_method(config, "cuda") == "cuda_ipc"
 
 
+@pytest.mark.parametrize("fraction", [0.3, 1 / 3, 0.3333, 0.33335, 0.1, 0.05, 0.99999, 0.00001])
+def test_colocated_shares_fit_one_gpu_in_rays_units(fraction):
+    """Ray counts GPU shares in 1e-4 units: 0.3333 + 0.667 is 10003 units, and never places."""
+    config = load_config(ONE_GPU, [f"rollout.gpu_memory_utilization={fraction}"])
+    layout = plan_layout(config, "cuda")
+    units = [round(s.num_gpus * 10_000, 6) for s in (layout.learners[0], layout.rollout)]
+    assert all(u == int(u) and u >= 1 for u in units)
+    assert sum(units) == 10_000
+    assert abs(layout.rollout.num_gpus - fraction) < 1e-4
+
+
 def test_separate_two_gpu_layout_gives_rollout_its_own_gpu():
     config = load_config(TWO_GPU)
     layout = plan_layout(config, "cuda")

@@ -23,6 +23,9 @@ USER_REWARDS = textwrap.dedent(
         time.sleep(60)
         return [1.0] * len(completions)
 
+    def sees_no_gpu(completions, answers):
+        return [1.0 if os.environ.get("CUDA_VISIBLE_DEVICES") == "" else 0.0] * len(completions)
+
     def die_once(completions, answers):
         # Kills its own worker process the first time, as a segfaulting reward would.
         marker = os.environ.get("AHARL_TEST_MARKER") or __file__ + ".died"
@@ -93,5 +96,15 @@ def test_worker_killed_mid_call_is_replaced_and_the_chunk_retried(ray_local, rew
         assert scores.per_function[f"{rewards_file}:die_once"] == [1.0, 1.0]
         scores, errors = pool.score([GOOD], ["7"])
         assert errors["reward/errors"] == 0.0 and scores.total == [3.0]
+    finally:
+        pool.shutdown()
+
+
+def test_reward_code_sees_no_gpu(ray_local, rewards_file):
+    """A reward that touched CUDA would otherwise land on GPU 0, beside vLLM (Ray sets nothing for 0-GPU actors)."""
+    pool = RewardPool(RewardsConfig(functions=[f"{rewards_file}:sees_no_gpu"], num_workers=1))
+    try:
+        scores, _ = pool.score([GOOD, GOOD], ["7", "7"])
+        assert scores.total == [1.0, 1.0]
     finally:
         pool.shutdown()
