@@ -42,8 +42,12 @@ class RolloutEngine(Protocol):
     def completion_logprobs(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
         """Log-probs of each completion's tokens after its prompt (temperature 1)."""
 
-    def sleep(self) -> None:
-        """Free the accelerator's memory for the update (colocated layout); a no-op where not supported."""
+    def sleep(self, keep_weights: bool = True) -> None:
+        """Free the accelerator's memory for the update (colocated layout); a no-op where not supported.
+
+        ``keep_weights=False`` when a weight sync follows: the weights may be
+        discarded, and generating before the sync refills them is refused.
+        """
 
     def wake_weights(self) -> None:
         """Bring the weights back so a sync can overwrite them."""

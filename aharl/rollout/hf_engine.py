@@ -104,7 +104,7 @@ class HFEngine:
     def load_from_nccl(self, meta: list[tuple[str, str, list[int]]]) -> int:
         raise AharlError(GPU_SYNC_UNSUPPORTED)
 
-    def sleep(self) -> None:
+    def sleep(self, keep_weights: bool = True) -> None:
         pass
 
     def wake_weights(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from aharl.config import Config
 from aharl.device import dtype_name, rollout_dtype
+from aharl.errors import AharlError
 from aharl.modelhub import resolve_model_path
 from aharl.rollout.engine import SamplingSettings
 from aharl.types import Completion, Prompt, RolloutGroup
@@ -71,15 +72,25 @@ class VLLMEngine:
         self.kwargs = engine_kwargs(config, device)
         self.device = device
         self.sleeping = False
+        # After a level-2 sleep the weights are gone until a sync refills them.
+        self.weights_released = False
         if device == "cpu":
             use_every_core()
         self.llm = LLM(**self.kwargs)
         self.eos_id = self.llm.get_tokenizer().eos_token_id
 
+    def _require_weights(self) -> None:
+        if self.weights_released:
+            raise AharlError(
+                "the rollout engine's weights were released (vLLM sleep level 2) and no weight sync has refilled them; "
+                "generating now would sample from garbage (a bug in the step order: report it)"
+            )
+
     def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self._require_weights()
         params = SamplingParams(
             n=settings.n,
             temperature=settings.temperature,
@@ -104,6 +115,7 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self._require_weights()
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
         requests = [TokensPrompt(prompt_token_ids=list(p) + list(c)) for p, c in zip(prompt_ids, completion_ids)]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
@@ -115,11 +127,19 @@ class VLLMEngine:
 
     # -- colocated memory ----------------------------------------------------
 
-    def sleep(self) -> None:
-        """Free the GPU for the update: drop the KV cache, offload weights (level 1)."""
+    def sleep(self, keep_weights: bool = True) -> None:
+        """Free the GPU for the update (colocated layout with sleep mode; a no-op otherwise).
+
+        The KV cache is dropped either way. ``keep_weights``: level 1, the
+        weights go to CPU memory and come back as they were (no sync follows);
+        otherwise level 2 discards them, since the sync that follows overwrites
+        them anyway: two model-size copies saved per step.
+        """
         if self.kwargs.get("enable_sleep_mode") and not self.sleeping:
-            self.llm.sleep(level=1)
+            level = 1 if keep_weights else 2
+            self.llm.sleep(level=level)
             self.sleeping = True
+            self.weights_released = level == 2
 
     def wake_weights(self) -> None:
         """Bring the weights back so a sync can overwrite them; the KV cache stays freed."""
@@ -136,16 +156,24 @@ class VLLMEngine:
     # -- weights in -------------------------------------------------------------
 
     def load_weight_files(self, paths: list[str]) -> int:
-        return sum(self.llm.collective_rpc("load_from_files", args=(paths,)))
+        count = sum(self.llm.collective_rpc("load_from_files", args=(paths,)))
+        self.weights_released = False
+        return count
 
     def load_cuda_ipc_bucket(self, bucket: dict[str, Any]) -> int:
-        return sum(self.llm.collective_rpc("load_from_cuda_ipc", args=(bucket,)))
+        # Bucket by bucket: the weights are whole again after the last one,
+        # before the next generation (the sync runs all buckets first).
+        count = sum(self.llm.collective_rpc("load_from_cuda_ipc", args=(bucket,)))
+        self.weights_released = False
+        return count
 
     def init_nccl(self, master_address: str, master_port: int, rank: int, world_size: int) -> None:
         self.llm.collective_rpc("init_nccl", args=(master_address, master_port, rank, world_size))
 
     def load_from_nccl(self, meta: list[tuple[str, str, list[int]]]) -> int:
-        return sum(self.llm.collective_rpc("load_from_nccl", args=(meta,)))
+        count = sum(self.llm.collective_rpc("load_from_nccl", args=(meta,)))
+        self.weights_released = False
+        return count
 
     def parameter_checksum(self) -> float:
         return self.llm.collective_rpc("parameter_checksum")[0]

@@ -89,8 +89,9 @@ class Cluster:
         merged["loss"] = sum(r["loss"] for r in results)  # each rank's loss is its share of the whole
         return merged
 
-    def sleep_rollout(self) -> None:
-        ray.get(self.rollout.sleep.remote())
+    def sleep_rollout(self, keep_weights: bool = True) -> None:
+        """Free the rollout engine's GPU memory for the update; ``keep_weights=False`` when a sync follows."""
+        ray.get(self.rollout.sleep.remote(keep_weights))
 
     def sync_weights(self) -> dict[str, float]:
         """Wake the weights, overwrite them with the learner's, then restore the KV cache."""

@@ -53,9 +53,10 @@ def grpo_step(step: int, prompts: Sequence[Prompt], cluster: Cluster, rewards: R
     micro_batches = build_micro_batches(scored, advantages, config.learner.micro_batch_prompts, pad_id)
     num_tokens = float(sum(mb.completion_mask.sum().item() for mb in micro_batches))
 
-    cluster.sleep_rollout()
+    syncs = step % config.sync.interval_steps == 0
+    cluster.sleep_rollout(keep_weights=not syncs)
     metrics = cluster.train_step(micro_batches, num_sequences=len(totals), num_tokens=num_tokens)
-    if step % config.sync.interval_steps == 0:
+    if syncs:
         metrics.update(cluster.sync_weights())
     else:
         cluster.wake_rollout()

@@ -1,9 +1,13 @@
-"""The vLLM engine's arguments per device and the worker's filter on vLLM's reload warnings (no engine started)."""
+"""The vLLM engine without starting vLLM: its arguments per device, the reload-warning filter, and the sleep/wake/sync order."""
 
 from __future__ import annotations
 
+import pytest
+
 from aharl.config import load_config
-from aharl.rollout.vllm_engine import engine_kwargs
+from aharl.errors import AharlError
+from aharl.rollout.engine import SamplingSettings
+from aharl.rollout.vllm_engine import VLLMEngine, engine_kwargs
 from tests.helpers.paths import CONFIGS
 
 ONE_GPU = CONFIGS / "gsm8k-qwen2.5-0.5b-3090.yaml"
@@ -38,3 +42,66 @@ def test_only_the_expected_reload_warnings_are_silenced():
     assert kept(untied, "ParallelLMHead")  # an untied LM head left unloaded is a real gap: shown
     assert kept(tied, "QKVParallelLinear")
     assert kept(tied, "RotaryEmbedding", "%s: Delayed processing")
+
+
+class RecordingLLM:
+    """Stands in for ``vllm.LLM``: records the calls the engine makes, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def sleep(self, level: int = 1) -> None:
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.calls.append(("wake_up", tuple(tags or ())))
+
+    def reset_prefix_cache(self) -> None:
+        self.calls.append(("reset_prefix_cache",))
+
+    def collective_rpc(self, method: str, args: tuple = ()) -> list[int]:
+        self.calls.append(("rpc", method))
+        return [3]
+
+    def generate(self, *args, **kwargs) -> list:
+        self.calls.append(("generate",))
+        return []
+
+
+def colocated_engine():
+    engine = VLLMEngine.__new__(VLLMEngine)  # everything but starting vLLM
+    engine.kwargs, engine.device = {"enable_sleep_mode": True}, "cuda"
+    engine.sleeping, engine.weights_released = False, False
+    engine.llm = RecordingLLM()
+    return engine
+
+
+def test_a_sync_step_discards_the_weights_and_a_plain_step_keeps_them():
+    """Level 2 before a sync (it overwrites the weights anyway); level 1 when no sync follows."""
+    engine = colocated_engine()
+    settings = SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_tokens=4, seed=0)
+    # A sync step, as Cluster runs it: sleep, wake the weights, load, wake the KV cache.
+    engine.sleep(keep_weights=False)
+    engine.wake_weights()
+    engine.load_weight_files(["bucket-0000.safetensors"])
+    engine.wake_kv_cache()
+    engine.generate([], settings)
+    # A step without a sync: the weights come back as they were.
+    engine.sleep(keep_weights=True)
+    engine.wake_weights()
+    engine.wake_kv_cache()
+    engine.generate([], settings)
+    assert engine.llm.calls == [
+        ("sleep", 2), ("wake_up", ("weights",)), ("rpc", "load_from_files"), ("reset_prefix_cache",), ("wake_up", ("kv_cache",)), ("generate",),
+        ("sleep", 1), ("wake_up", ("weights",)), ("reset_prefix_cache",), ("wake_up", ("kv_cache",)), ("generate",),
+    ]
+
+
+def test_generating_with_released_weights_is_refused():
+    engine = colocated_engine()
+    engine.sleep(keep_weights=False)
+    engine.wake_weights()
+    engine.wake_kv_cache()  # a wake without new weights: the memory holds garbage
+    with pytest.raises(AharlError, match="released"):
+        engine.generate([], SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_tokens=4, seed=0))
+    assert ("generate",) not in engine.llm.calls
