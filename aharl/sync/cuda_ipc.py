@@ -3,6 +3,12 @@
 The colocated layout on one GPU: NCCL cannot pair two processes on the same
 device, but a CUDA IPC handle lets the receiver open the sender's allocation.
 The sender must keep the packed buffer alive until the receiver has loaded it.
+
+The handle travels through vLLM's ``collective_rpc``, whose msgpack encoder
+refuses functions, classes and dtypes (without the insecure pickle fallback).
+torch's ``reduce_tensor`` gives exactly those (``rebuild_cuda_tensor`` and
+its arguments), so the handle goes as plain values (:func:`to_wire`) and the
+receiver rebuilds it (:func:`from_wire`), resolving classes from an allow-list.
 """
 
 from __future__ import annotations
@@ -13,9 +19,38 @@ import torch
 
 from aharl.sync.buckets import pack_bucket, unpack_bucket
 
-# Index of the device ordinal in the argument tuple that torch's
-# ``reduce_tensor`` returns for a CUDA tensor (``rebuild_cuda_tensor``).
-_DEVICE_ARG = 6
+# Positions in the arguments of torch's ``rebuild_cuda_tensor`` (what
+# ``reduce_tensor`` returns for a CUDA tensor): tensor_cls, tensor_size,
+# tensor_stride, tensor_offset, storage_cls, dtype, storage_device, ...
+_TENSOR_CLS, _SIZE, _STRIDE, _STORAGE_CLS, _DTYPE, _DEVICE = 0, 1, 2, 4, 5, 6
+_CLASSES: dict[str, type] = {
+    f"{cls.__module__}.{cls.__qualname__}": cls
+    for cls in (torch.Tensor, torch.nn.Parameter, torch.storage.TypedStorage, torch.storage.UntypedStorage)
+}
+
+
+def to_wire(rebuild_args: tuple) -> list[Any]:
+    """``rebuild_cuda_tensor``'s arguments as msgpack-safe values: classes and dtype by name, sizes as lists."""
+    wire = list(rebuild_args)
+    for index in (_TENSOR_CLS, _STORAGE_CLS):
+        cls = wire[index]
+        wire[index] = f"{cls.__module__}.{cls.__qualname__}"
+    wire[_SIZE], wire[_STRIDE] = list(wire[_SIZE]), list(wire[_STRIDE])
+    wire[_DTYPE] = str(wire[_DTYPE]).removeprefix("torch.")
+    return wire
+
+
+def from_wire(wire: list[Any], device_index: int) -> tuple:
+    """The arguments back, for ``rebuild_cuda_tensor`` in this process, on ``device_index``."""
+    args = list(wire)
+    for index in (_TENSOR_CLS, _STORAGE_CLS):
+        if args[index] not in _CLASSES:
+            raise ValueError(f"a CUDA IPC handle names class {args[index]!r}, which is not one torch rebuilds tensors from")
+        args[index] = _CLASSES[args[index]]
+    args[_SIZE], args[_STRIDE] = torch.Size(args[_SIZE]), tuple(args[_STRIDE])
+    args[_DTYPE] = getattr(torch, args[_DTYPE])
+    args[_DEVICE] = device_index
+    return tuple(args)
 
 
 def send(weights: Iterable[tuple[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -24,13 +59,13 @@ def send(weights: Iterable[tuple[str, torch.Tensor]]) -> tuple[torch.Tensor, dic
 
     packed, meta = pack_bucket(weights)
     torch.cuda.synchronize()
-    return packed, {"handle": reduce_tensor(packed), "meta": meta}
+    _, rebuild_args = reduce_tensor(packed)
+    return packed, {"handle": to_wire(rebuild_args), "meta": meta}
 
 
 def receive(bucket: dict[str, Any], device_index: int) -> Iterator[tuple[str, torch.Tensor]]:
     """Open the sender's buffer on this process's ``device_index`` and view the tensors in it."""
-    rebuild, rebuild_args = bucket["handle"]
-    args = list(rebuild_args)
-    args[_DEVICE_ARG] = device_index
-    packed = rebuild(*args)  # [bucket_bytes] uint8 on the shared GPU
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    packed = rebuild_cuda_tensor(*from_wire(bucket["handle"], device_index))  # [bucket_bytes] uint8 on the shared GPU
     yield from unpack_bucket(packed, bucket["meta"])
