@@ -199,6 +199,10 @@ class Learner:
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics.update(timings)
+        if self.device == "cuda":
+            # Hand the activations' cached blocks back: a colocated vLLM wakes its
+            # KV cache next and sizes nothing below what it had (OOM on 24 GB).
+            torch.cuda.empty_cache()
         return metrics
 
     # ------------------------------------------------------------------
@@ -216,8 +220,12 @@ class Learner:
             else:
                 yield name, param.data.detach()
 
+    def full_shapes(self) -> list[tuple[str, torch.dtype, torch.Size]]:
+        """Each parameter's full (gathered) shape; under ZeRO-3 a rank holds a ``[0]`` placeholder and the shape is ``ds_shape``."""
+        return [(name, p.dtype, getattr(p, "ds_shape", p.shape)) for name, p in self.engine.module.named_parameters()]
+
     def weight_buckets(self) -> list[list[str]]:
-        sizes = [(name, p.numel() * p.element_size()) for name, p in self.engine.module.named_parameters()]
+        sizes = [(name, shape.numel() * dtype.itemsize) for name, dtype, shape in self.full_shapes()]
         return plan_buckets(sizes, self.config.sync.bucket_mb * 2**20)
 
     def export_weight_files(self, directory: str) -> list[str]:
@@ -246,7 +254,7 @@ class Learner:
         self._nccl = nccl.connect(master_address, master_port, 0, world_size, torch.cuda.current_device())
 
     def weight_meta(self) -> list[nccl.WeightMeta]:
-        return nccl.describe(self.engine.module.named_parameters())
+        return [(name, str(dtype).removeprefix("torch."), list(shape)) for name, dtype, shape in self.full_shapes()]
 
     def broadcast_weights(self) -> int:
         weights = self.named_weights()

@@ -105,7 +105,9 @@ class Cluster:
         ray.get(self.rollout.wake_kv_cache.remote())
 
     def learner_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
-        return ray.get(self.learners[0].completion_logprobs.remote(prompt_ids, completion_ids))
+        """Rank 0's answer; every rank runs the forward, which is collective under ZeRO-3."""
+        calls = [learner.completion_logprobs.remote(prompt_ids, completion_ids) for learner in self.learners]
+        return ray.get(calls)[0]
 
     def rollout_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
         return ray.get(self.rollout.completion_logprobs.remote(prompt_ids, completion_ids))

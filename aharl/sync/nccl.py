@@ -24,11 +24,6 @@ def connect(address: str, port: int, rank: int, world_size: int, device: Any) ->
     return PyNcclCommunicator(group, device=device)
 
 
-def describe(weights: Iterable[tuple[str, torch.Tensor]]) -> list[WeightMeta]:
-    """What the receiver must allocate, in the order ``send`` broadcasts."""
-    return [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in weights]
-
-
 def send(communicator: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> int:
     count = 0
     for _, tensor in weights:
