@@ -56,6 +56,17 @@ class WandbRun:
         self.run.log(payload, step=step)
 
     def finish(self) -> None:
+        """End the wandb run and return only once its data is on disk (and, online, uploaded).
+
+        ``run.finish()`` returns when wandb's service has acknowledged the exit,
+        but the service writes the offline ``.wandb`` file when it closes the
+        run's stream, after that. ``wandb.teardown()`` waits for the service to
+        exit; wandb also calls it at interpreter exit, which its docs say is not
+        reliable under multiprocessing (Ray), and a run killed right after
+        training would lose its history. aharl holds one wandb run per process,
+        so ending the service here costs nothing; a later run starts a new one.
+        """
         if self.run is not None:
             self.run.finish()
             self.run = None
+            self._wandb.teardown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -58,19 +59,48 @@ def test_moving_average_is_a_trailing_mean():
     assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
 
 
-def test_wandb_offline_writes_a_run_directory_with_metrics_and_sample_tables(tmp_path, monkeypatch):
+@pytest.fixture
+def isolated_wandb(tmp_path, monkeypatch):
+    """wandb with no state from the environment or from an earlier test in this process.
+
+    ``wandb.teardown()`` first drops the process-wide wandb singleton (its settings
+    were read from the environment when it was made) and stops the service an earlier
+    test may have started, clearing that service's ``WANDB_SERVICE``; one still set
+    then belongs to a parent process, and is hidden (restored after the test).
+    """
+    import wandb
+
+    wandb.teardown()
+    for name in list(os.environ):
+        if name.startswith("WANDB_") and name != "WANDB_SERVICE":
+            monkeypatch.delenv(name)
+    if "WANDB_SERVICE" in os.environ:  # a service of a parent process, not ours
+        monkeypatch.delenv("WANDB_SERVICE")
+    home = tmp_path / "wandb-home"
+    for var, sub in (("WANDB_DIR", "dir"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
+                     ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+        (home / sub).mkdir(parents=True)
+        monkeypatch.setenv(var, str(home / sub))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    yield wandb
+    wandb.teardown()
+
+
+def test_wandb_offline_writes_a_run_directory_with_metrics_and_sample_tables(tmp_path, isolated_wandb):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
     config = load_config(None, ["logging.wandb_mode=offline", "logging.wandb_project=aharl-test"])
-    run = WandbRun(config, tmp_path)
+    run = WandbRun(config, run_dir)
     run.log(1, {"reward/total": 0.25, "kl": 0.0}, [{"question": "2 + 2?", "gold": "4", "completion": "It is 4.", "reward": 1.0}])
     run.log(2, {"reward/total": 0.5, "kl": 0.01})
     run_id = run.run_id
-    run.finish()
-    (offline,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
+    run.finish()  # returns once the data is on disk: the file is read at once, in this process
+    (offline,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}")
     history = (offline / f"run-{run_id}.wandb").read_bytes()
     assert b"reward/total" in history
     (table,) = (offline / "files" / "media" / "table").glob("samples_*.table.json")
     assert json.loads(table.read_text())["data"] == [[1, "2 + 2?", "4", "It is 4.", 1.0]]
+    assert not (tmp_path / "wandb-home" / "dir" / "wandb").exists()  # the run went to run_dir, not WANDB_DIR
 
 
 def test_wandb_off_needs_nothing_and_logs_nothing(tmp_path):
