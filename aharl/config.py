@@ -170,8 +170,12 @@ class SyncConfig:
     # ``auto``: CUDA IPC when colocated on a GPU, NCCL when separate, shared memory on CPU.
     method: Literal["auto", "cuda_ipc", "nccl", "shm"] = "auto"
     bucket_mb: int = 512
-    # Warn when the mean |learner logp - rollout logp| on sampled tokens exceeds this.
+    # Warn when the mean |learner logp - rollout logp| on sampled tokens exceeds this
+    # after a sync (fp32 round-off is ~1e-5; a sync that did not land grows past it).
     logp_diff_warn: float = 0.05
+    # ``stop``: end the run after mismatch_steps synced steps in a row above logp_diff_warn.
+    on_mismatch: Literal["warn", "stop"] = "stop"
+    mismatch_steps: int = 3
 
 
 @dataclass
@@ -555,6 +559,7 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
     )
     require(c.sync.interval_steps >= 1, "sync.interval_steps", f"= {c.sync.interval_steps} must be at least 1", "set it to 1 to sync after every update")
     require(c.sync.bucket_mb >= 1, "sync.bucket_mb", f"= {c.sync.bucket_mb} must be at least 1", "set it to e.g. 512")
+    require(c.sync.mismatch_steps >= 1, "sync.mismatch_steps", f"= {c.sync.mismatch_steps} must be at least 1", "set it to e.g. 3")
     require(c.sync.logp_diff_warn > 0, "sync.logp_diff_warn", f"= {c.sync.logp_diff_warn} must be positive", "set it to e.g. 0.05")
     require(c.logging.every_steps >= 1, "logging.every_steps", f"= {c.logging.every_steps} must be at least 1", "set it to 1")
     require(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", f"= {c.checkpoint.every_steps} must be at least 1", "set it to e.g. 100")

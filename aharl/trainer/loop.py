@@ -10,7 +10,6 @@ between start-up and the end of the run. The machinery sits behind
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Callable, Sequence
 
@@ -34,10 +33,8 @@ from aharl.runtime.reward_pool import RewardPool
 from aharl.tracking.metrics import rollout_metrics
 from aharl.trainer.lifecycle import RunLifecycle, RunResult
 from aharl.trainer.stop import StopSignals
+from aharl.trainer.sync_gate import SyncGate
 from aharl.types import Prompt, ScoredGroup
-
-log = logging.getLogger("aharl")
-
 
 def grpo_step(step: int, prompts: Sequence[Prompt], cluster: Cluster, rewards: RewardPool, config: Config, pad_id: int) -> tuple[dict[str, float], list[ScoredGroup]]:
     """One GRPO step on ``prompts``; returns the step's metrics and its scored groups."""
@@ -67,12 +64,6 @@ def grpo_step(step: int, prompts: Sequence[Prompt], cluster: Cluster, rewards: R
     metrics["time/generate"] = t1 - t0
     metrics["time/reward"] = t2 - t1
     metrics["time/step"] = time.perf_counter() - t0
-    if metrics["sync/logp_diff"] > config.sync.logp_diff_warn:
-        log.warning(
-            "sync/logp_diff %.4f > sync.logp_diff_warn %.4f at step %d: the rollout engine's log-probs "
-            "differ from the learner's; it may be sampling with stale weights",
-            metrics["sync/logp_diff"], config.sync.logp_diff_warn, step,
-        )
     return metrics, scored
 
 
@@ -126,12 +117,16 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
     )
     try:
         run.attach(cluster, rewards, tokenizer, sampler, eval_prompts)
+        gate = SyncGate(config.sync)
         with StopSignals() as stop:
             run.begin()
             for step in range(start_step, total_steps + 1):
                 batch = [prompts[i] for i in sampler.next_batch()]
                 metrics, scored = grpo_step(step, batch, cluster, rewards, config, tokenizer.pad_token_id)
                 run.after_step(step, metrics, scored, stop.requested)
+                # The engine got the learner's weights before this step's generation:
+                # at the start (initial or resumed weights) or by the last step's sync.
+                gate.check(step, metrics["sync/logp_diff"], after_sync=step == start_step or (step - 1) % config.sync.interval_steps == 0)
                 if stop.requested:
                     return run.stopped(step, stop.requested, stop.exit_code)
             run.finish()

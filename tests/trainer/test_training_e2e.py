@@ -9,6 +9,7 @@ shows the check can fail.
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -124,3 +125,22 @@ def test_same_loop_does_not_learn_without_the_weight_sync(ray_local, toy):
     assert not learned(history)
     # ...and the continuous check sees it: the learner has moved, the sampler has not.
     assert max(m["sync/logp_diff"] for m in history[1:]) > 1e-2
+
+
+def test_a_sync_that_does_not_land_stops_the_run_at_the_gate(ray_local, toy, monkeypatch):
+    """The engine wakes as after a sync, but no weights arrive: logp_diff grows, and the gate ends the run."""
+    from aharl.runtime.cluster import Cluster
+    from aharl.trainer.sync_gate import SyncMismatchError
+
+    def skipped_sync(self):
+        self.wake_rollout()
+        return {"time/sync": 0.0, "sync/tensors": 0.0}
+
+    monkeypatch.setattr(Cluster, "sync_weights", skipped_sync)
+    model_dir, reward_file, root = toy
+    config = toy_config(model_dir, root / "gate", reward_file, "sync.mismatch_steps=2", "sync.logp_diff_warn=0.005")
+    with pytest.raises(SyncMismatchError, match="weight sync is not landing") as stopped:
+        loop.train(config)
+    logged = [json.loads(line)["step"] for line in (root / "gate" / "toy" / "metrics.jsonl").read_text().splitlines()]
+    assert 3 <= max(logged) < 16, logged  # stopped early: two mismatched steps after the first update
+    assert "resume=auto" in str(stopped.value)
