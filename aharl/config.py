@@ -176,6 +176,8 @@ class SyncConfig:
     # ``stop``: end the run after mismatch_steps synced steps in a row above logp_diff_warn.
     on_mismatch: Literal["warn", "stop"] = "stop"
     mismatch_steps: int = 3
+    # Deadline for each stage of a sync (wake, pack, load, broadcast); past it the run ends naming the stage.
+    timeout_s: float = 600.0
 
 
 @dataclass
@@ -559,6 +561,7 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
     )
     require(c.sync.interval_steps >= 1, "sync.interval_steps", f"= {c.sync.interval_steps} must be at least 1", "set it to 1 to sync after every update")
     require(c.sync.bucket_mb >= 1, "sync.bucket_mb", f"= {c.sync.bucket_mb} must be at least 1", "set it to e.g. 512")
+    require(c.sync.timeout_s > 0, "sync.timeout_s", f"= {c.sync.timeout_s} must be positive", "set it to e.g. 600")
     require(c.sync.mismatch_steps >= 1, "sync.mismatch_steps", f"= {c.sync.mismatch_steps} must be at least 1", "set it to e.g. 3")
     require(c.sync.logp_diff_warn > 0, "sync.logp_diff_warn", f"= {c.sync.logp_diff_warn} must be positive", "set it to e.g. 0.05")
     require(c.logging.every_steps >= 1, "logging.every_steps", f"= {c.logging.every_steps} must be at least 1", "set it to 1")

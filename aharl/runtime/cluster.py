@@ -20,7 +20,7 @@ from aharl.errors import AharlError
 from aharl.runtime.logs import logged_actor
 from aharl.runtime.placement import ActorSlot, plan_layout, sync_method
 from aharl.rollout.engine import SamplingSettings, engine_class
-from aharl.runtime.weight_sync import TRANSPORTS, free_port
+from aharl.runtime.weight_sync import TRANSPORTS, free_port, wait_for
 from aharl.grpo.batch import MicroBatch
 from aharl.learner.learner import Learner
 from aharl.types import Prompt, RolloutGroup
@@ -62,7 +62,7 @@ class Cluster:
             for rank, slot in enumerate(self.layout.learners)
         ]
         ray.get([learner.parameter_checksum.remote() for learner in self.learners])
-        self.sync = TRANSPORTS[sync_method(config, device)](self.learners, self.rollout, run_id)
+        self.sync = TRANSPORTS[sync_method(config, device)](self.learners, self.rollout, run_id, config.sync.timeout_s)
 
     def _place(self, cls, slot: ActorSlot, role: str, env_vars: dict[str, str] | None = None):
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=slot.bundle_index)
@@ -95,9 +95,10 @@ class Cluster:
 
     def sync_weights(self) -> dict[str, float]:
         """Wake the weights, overwrite them with the learner's, then restore the KV cache."""
-        ray.get(self.rollout.wake_weights.remote())
+        timeout = self.config.sync.timeout_s
+        wait_for(self.rollout.wake_weights.remote(), "rollout wakes its weights", timeout)
         metrics = self.sync()
-        ray.get(self.rollout.wake_kv_cache.remote())
+        wait_for(self.rollout.wake_kv_cache.remote(), "rollout wakes its KV cache", timeout)
         return metrics
 
     def wake_rollout(self) -> None:

@@ -17,6 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError
+
+from aharl.errors import AharlError
+
+
+class SyncTimeoutError(AharlError):
+    """A stage of the weight sync did not finish within ``sync.timeout_s``."""
+
+
+def wait_for(refs: Any, stage: str, timeout_s: float) -> Any:
+    """``ray.get`` with a deadline: a stalled collective or actor call ends the run with the stage named."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except GetTimeoutError:
+        raise SyncTimeoutError(
+            f"weight sync stage '{stage}' did not finish within sync.timeout_s={timeout_s:g}s (a hung collective, "
+            "a dead GPU peer or an actor stuck in a load); the run stopped and its last checkpoint is intact "
+            "(resume=auto continues it); raise sync.timeout_s if a large model needs longer"
+        ) from None
 
 
 class WeightSync:
@@ -24,10 +43,14 @@ class WeightSync:
 
     method: str
 
-    def __init__(self, learners: list[Any], rollout: Any, run_id: str) -> None:
+    def __init__(self, learners: list[Any], rollout: Any, run_id: str, timeout_s: float = 600.0) -> None:
         self.learners = learners
         self.rollout = rollout
         self.run_id = run_id
+        self.timeout_s = timeout_s
+
+    def wait(self, refs: Any, stage: str) -> Any:
+        return wait_for(refs, f"{self.method}: {stage}", self.timeout_s)
 
     def __call__(self) -> dict[str, float]:
         started = time.perf_counter()
@@ -44,15 +67,15 @@ class ShmSync(WeightSync):
 
     method = "shm"
 
-    def __init__(self, learners: list[Any], rollout: Any, run_id: str) -> None:
-        super().__init__(learners, rollout, run_id)
+    def __init__(self, learners: list[Any], rollout: Any, run_id: str, timeout_s: float = 600.0) -> None:
+        super().__init__(learners, rollout, run_id, timeout_s)
         base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
         self.directory = base / f"aharl-{run_id}"
 
     def transfer(self) -> int:
-        paths = ray.get([learner.export_weight_files.remote(str(self.directory)) for learner in self.learners])[0]
+        paths = self.wait([learner.export_weight_files.remote(str(self.directory)) for learner in self.learners], "learner writes buckets")[0]
         try:
-            return ray.get(self.rollout.load_weight_files.remote(paths))
+            return self.wait(self.rollout.load_weight_files.remote(paths), "rollout loads buckets")
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -64,11 +87,11 @@ class CudaIpcSync(WeightSync):
 
     def transfer(self) -> int:
         count = 0
-        buckets = ray.get(self.learners[0].weight_buckets.remote())
+        buckets = self.wait(self.learners[0].weight_buckets.remote(), "plan buckets")
         for index in range(len(buckets)):
-            bucket = ray.get([learner.export_cuda_ipc_bucket.remote(index) for learner in self.learners])[0]
-            count += ray.get(self.rollout.load_cuda_ipc_bucket.remote(bucket))
-            ray.get([learner.release_cuda_ipc.remote() for learner in self.learners])
+            bucket = self.wait([learner.export_cuda_ipc_bucket.remote(index) for learner in self.learners], f"learner packs bucket {index}")[0]
+            count += self.wait(self.rollout.load_cuda_ipc_bucket.remote(bucket), f"rollout loads bucket {index}")
+            self.wait([learner.release_cuda_ipc.remote() for learner in self.learners], f"learner frees bucket {index}")
         return count
 
 
@@ -77,8 +100,8 @@ class NcclSync(WeightSync):
 
     method = "nccl"
 
-    def __init__(self, learners: list[Any], rollout: Any, run_id: str) -> None:
-        super().__init__(learners, rollout, run_id)
+    def __init__(self, learners: list[Any], rollout: Any, run_id: str, timeout_s: float = 600.0) -> None:
+        super().__init__(learners, rollout, run_id, timeout_s)
         self._connected = False
 
     def transfer(self) -> int:
@@ -86,13 +109,13 @@ class NcclSync(WeightSync):
             address = ray.util.get_node_ip_address()
             port = free_port()
             # Rank 0 is the learner, rank 1 the (single-process) rollout worker.
-            ray.get([self.learners[0].init_nccl.remote(address, port, 2), self.rollout.init_nccl.remote(address, port, 1, 2)])
+            self.wait([self.learners[0].init_nccl.remote(address, port, 2), self.rollout.init_nccl.remote(address, port, 1, 2)], "form the group")
             self._connected = True
-        meta = ray.get(self.learners[0].weight_meta.remote())
+        meta = self.wait(self.learners[0].weight_meta.remote(), "describe weights")
         sends = [learner.broadcast_weights.remote() for learner in self.learners]
         received = self.rollout.load_from_nccl.remote(meta)
-        ray.get(sends)
-        return ray.get(received)
+        self.wait(sends, "learner broadcasts")
+        return self.wait(received, "rollout receives")
 
 
 # ``sync.method`` -> its choreography (``auto`` is resolved by :func:`aharl.runtime.placement.sync_method`).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import pytest
 import torch
@@ -144,3 +145,20 @@ def test_a_sync_that_does_not_land_stops_the_run_at_the_gate(ray_local, toy, mon
     logged = [json.loads(line)["step"] for line in (root / "gate" / "toy" / "metrics.jsonl").read_text().splitlines()]
     assert 3 <= max(logged) < 16, logged  # stopped early: two mismatched steps after the first update
     assert "resume=auto" in str(stopped.value)
+
+
+def test_a_stalled_sync_ends_the_run_within_its_deadline(ray_local, toy, monkeypatch):
+    """A load that never returns (a hung collective in real life) ends the run, naming the stage, on time."""
+    from aharl.runtime.weight_sync import ShmSync, SyncTimeoutError
+
+    stalled_at = []
+
+    def stalled_transfer(self):
+        stalled_at.append(time.monotonic())
+        return self.wait(self.rollout.__ray_call__.remote(lambda engine: time.sleep(3600)), "rollout loads buckets")
+
+    monkeypatch.setattr(ShmSync, "transfer", stalled_transfer)
+    model_dir, reward_file, root = toy
+    with pytest.raises(SyncTimeoutError, match=r"'shm: rollout loads buckets' did not finish within sync.timeout_s=5s"):
+        loop.train(toy_config(model_dir, root / "stall", reward_file, "sync.timeout_s=5"))
+    assert time.monotonic() - stalled_at[0] < 5 + 10  # the deadline, not the hour the call would take
