@@ -41,6 +41,20 @@ def _wait_for_jobs_api(address: str, env: dict[str, str], timeout_s: float = 180
     raise AssertionError("the Ray head did not come up")
 
 
+def _submit_when_the_agent_is_up(command: list[str], env: dict[str, str], timeout_s: float = 180) -> subprocess.CompletedProcess:
+    """``ray job submit``, again while the head answers but its job agent has not started (it starts later under load).
+
+    Ray refuses such a submission before creating the job ("No available
+    agent to submit job"), so submitting again cannot run the job twice.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in done.stdout + done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(2)
+
+
 def test_ray_job_submit_runs_training_on_a_started_cluster(tmp_path, smollm2_tokenizer):
     model_dir, reward_file = toy_workspace(tmp_path, smollm2_tokenizer)
     runs = tmp_path / "runs"
@@ -58,12 +72,12 @@ def test_ray_job_submit_runs_training_on_a_started_cluster(tmp_path, smollm2_tok
     )
     try:
         _wait_for_jobs_api(address, env)
-        submitted = subprocess.run(
+        submitted = _submit_when_the_agent_is_up(
             [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
              "aharl", "train", "quickstart",
              f"model.path={model_dir}", f"rewards.functions=[{reward_file}:vowels]", "rollout.max_tokens=8",
              "learner.max_steps=2", "learner.micro_batch_prompts=4", f"logging.output_dir={runs}", "logging.run_name=job"],
-            env=env, capture_output=True, text=True, timeout=600,
+            env,
         )
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]
         assert "succeeded" in submitted.stdout
