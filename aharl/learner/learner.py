@@ -47,9 +47,7 @@ def deepspeed_config(config: Config, dtype: torch.dtype, world_size: int) -> dic
 class Learner:
     """One data-parallel rank of the policy update."""
 
-    def __init__(
-        self, config: Config, total_steps: int, rank: int = 0, world_size: int = 1, master_port: int = 29500, master_addr: str = "127.0.0.1"
-    ) -> None:
+    def __init__(self, config: Config, total_steps: int, rank: int = 0, world_size: int = 1, master_port: int = 29500) -> None:
         import deepspeed
         import transformers
         from transformers import AutoModelForCausalLM, get_scheduler
@@ -65,7 +63,7 @@ class Learner:
             # Generation and the update take turns, so the update may use every core.
             torch.set_num_threads(os.cpu_count() or 1)
         os.environ.update(
-            {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)}
+            {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size), "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"), "MASTER_PORT": str(master_port)}
         )
         deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False)
         torch.manual_seed(config.learner.seed)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Sequence
 
 import ray
-from ray.exceptions import GetTimeoutError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -27,13 +26,6 @@ from aharl.learner.learner import Learner
 from aharl.types import Prompt, RolloutGroup
 
 PLACEMENT_TIMEOUT_S = 120
-# Loading a model and starting vLLM take minutes on a slow disk, never an hour.
-STARTUP_TIMEOUT_S = 1800
-
-
-def _node_address() -> tuple[str, int]:
-    """Runs on the node in question: its IP address as Ray knows it, and a free port there."""
-    return ray.util.get_node_ip_address(), free_port()
 
 
 def rollout_env() -> dict[str, str]:
@@ -62,35 +54,15 @@ class Cluster:
         # The rollout engine starts first: on a shared GPU vLLM sizes its
         # KV cache from the free memory it sees.
         self.rollout = self._place(engine_class(config.rollout.backend), self.layout.rollout, "rollout", rollout_env()).remote(config, device)
-        self._started(self.rollout.parameter_checksum.remote(), "the rollout engine")
-        # DeepSpeed's rendezvous is bound by rank 0: its node's address and a
-        # port free there, not the driver's (they differ on a multi-node cluster).
-        address, port = self.node_address(self.layout.learners[0])
+        ray.get(self.rollout.parameter_checksum.remote())
+        port = free_port()
         world = len(self.layout.learners)
         self.learners = [
-            self._place(Learner, slot, f"learner-{rank}").remote(config, total_steps, rank, world, port, address)
+            self._place(Learner, slot, f"learner-{rank}").remote(config, total_steps, rank, world, port)
             for rank, slot in enumerate(self.layout.learners)
         ]
-        self._started([learner.parameter_checksum.remote() for learner in self.learners], "the learner")
-        self.sync = TRANSPORTS[sync_method(config, device)](
-            self.learners, self.rollout, run_id, config.sync.timeout_s, rendezvous=lambda: self.node_address(self.layout.learners[0])
-        )
-
-    def node_address(self, slot: ActorSlot) -> tuple[str, int]:
-        """The IP address of the node that holds ``slot``'s bundle, and a port free there."""
-        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=slot.bundle_index)
-        probe = ray.remote(num_cpus=0)(_node_address).options(scheduling_strategy=strategy)
-        return tuple(self._started(probe.remote(), "the address probe"))
-
-    def _started(self, refs, what: str):
-        """Wait for actors to come up, at most ``STARTUP_TIMEOUT_S``; their own errors surface as Ray raises them."""
-        try:
-            return ray.get(refs, timeout=STARTUP_TIMEOUT_S)
-        except GetTimeoutError:
-            raise AharlError(
-                f"{what} did not start within {STARTUP_TIMEOUT_S}s (still loading, or stuck; its log is in the run's logs/ "
-                "directory, or above with aharl train -v)"
-            ) from None
+        ray.get([learner.parameter_checksum.remote() for learner in self.learners])
+        self.sync = TRANSPORTS[sync_method(config, device)](self.learners, self.rollout, run_id, config.sync.timeout_s)
 
     def _place(self, cls, slot: ActorSlot, role: str, env_vars: dict[str, str] | None = None):
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=slot.bundle_index)

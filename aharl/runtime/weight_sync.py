@@ -14,7 +14,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError
@@ -43,16 +43,11 @@ class WeightSync:
 
     method: str
 
-    def __init__(
-        self, learners: list[Any], rollout: Any, run_id: str, timeout_s: float = 600.0,
-        rendezvous: Callable[[], tuple[str, int]] | None = None,
-    ) -> None:
-        """``rendezvous``: learner rank 0's node address and a port free there (where a group's store binds)."""
+    def __init__(self, learners: list[Any], rollout: Any, run_id: str, timeout_s: float = 600.0) -> None:
         self.learners = learners
         self.rollout = rollout
         self.run_id = run_id
         self.timeout_s = timeout_s
-        self.rendezvous = rendezvous
 
     def wait(self, refs: Any, stage: str) -> Any:
         return wait_for(refs, f"{self.method}: {stage}", self.timeout_s)
@@ -72,10 +67,10 @@ class ShmSync(WeightSync):
 
     method = "shm"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, learners: list[Any], rollout: Any, run_id: str, timeout_s: float = 600.0) -> None:
+        super().__init__(learners, rollout, run_id, timeout_s)
         base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-        self.directory = base / f"aharl-{self.run_id}"
+        self.directory = base / f"aharl-{run_id}"
 
     def transfer(self) -> int:
         paths = self.wait([learner.export_weight_files.remote(str(self.directory)) for learner in self.learners], "learner writes buckets")[0]
@@ -105,13 +100,14 @@ class NcclSync(WeightSync):
 
     method = "nccl"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, learners: list[Any], rollout: Any, run_id: str, timeout_s: float = 600.0) -> None:
+        super().__init__(learners, rollout, run_id, timeout_s)
         self._connected = False
 
     def transfer(self) -> int:
         if not self._connected:
-            address, port = self.rendezvous()
+            address = ray.util.get_node_ip_address()
+            port = free_port()
             # Rank 0 is the learner, rank 1 the (single-process) rollout worker.
             self.wait([self.learners[0].init_nccl.remote(address, port, 2), self.rollout.init_nccl.remote(address, port, 1, 2)], "form the group")
             self._connected = True
