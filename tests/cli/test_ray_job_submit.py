@@ -29,6 +29,9 @@ def _ray_env() -> dict[str, str]:
     # and the submitter must share the token, as the README's commands do.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
+    # The job's entrypoint is `aharl`, found on the head's PATH, as for a user
+    # who started the head from the activated environment (make test does not activate it).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 

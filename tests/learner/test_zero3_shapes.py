@@ -29,7 +29,10 @@ print(json.dumps({
     "meta": {name: shape for name, _, shape in learner.weight_meta()},
     "buckets": learner.weight_buckets(),
     "sizes": {name: t.numel() * t.element_size() for name, t in learner.named_weights()},
-}))
+}), flush=True)
+# Leave the gloo group before the interpreter exits: its threads abort the process otherwise.
+import torch.distributed
+torch.distributed.destroy_process_group()
 """
 
 
