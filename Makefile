@@ -9,14 +9,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.aharl-installed
 PINS := constraints/cpu.txt
+# As `. .venv/bin/activate` would: the venv's commands (aharl, ray) come first
+# on PATH for everything the targets start, Ray's head and job entrypoints too.
+ACTIVATE := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
 .PHONY: train test env clean-env
 
 train: $(STAMP)
-	$(BIN)/aharl train quickstart
+	$(ACTIVATE) aharl train quickstart
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(ACTIVATE) python -m pytest -q
 
 env: $(STAMP)
 
