@@ -70,6 +70,9 @@ def test_ray_job_submit_runs_training_on_a_started_cluster(tmp_path, smollm2_tok
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--disable-usage-stats",
+         # The job agent's default port (52365) is taken by any other Ray on this machine: then
+         # every submission fails with "No available agent". A free one makes the test independent of them.
+         "--dashboard-agent-listen-port", str(free_port()),
          "--temp-dir", ray_dir],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
