@@ -158,10 +158,11 @@ def _rewards_score(args: argparse.Namespace) -> int:
 def _configs(args: argparse.Namespace) -> int:
     from aharl.config import shipped_configs
 
-    for name, path in shipped_configs().items():
+    shipped = shipped_configs()
+    for name, path in shipped.items():
         first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
         print(f"{name:28s} {first}")
-    print(f"(in {next(iter(shipped_configs().values())).parent}; `aharl config show NAME` prints one resolved)")
+    print(f"(in {next(iter(shipped.values())).parent}; `aharl config show NAME` prints one resolved)")
     return 0
 
 
