@@ -44,6 +44,28 @@ def deepspeed_config(config: Config, dtype: torch.dtype, world_size: int) -> dic
     }
 
 
+# DeepSpeed's name for its CPU shared-memory all-reduce op (``ShareMemCommBuilder.NAME``).
+CPU_SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def skip_cpu_shm_comm_build() -> None:
+    """Let DeepSpeed's CPU backend all-reduce through gloo instead of JIT-compiling its shared-memory op.
+
+    ``deepspeed.init_distributed`` on the CPU accelerator compiles that op with
+    ninja on first use (about 40 s on two cores) under a lock file in
+    ``~/.cache/torch_extensions``. A run stopped during the build leaves the
+    lock behind, and torch's build waits on it with no deadline: every later
+    learner on the machine then hangs in ``init_distributed``. The op only
+    speeds up multi-rank CPU all-reduces, and aharl's CPU path is for
+    development and CI, so gloo is the right trade. DeepSpeed reads the
+    cached compatibility table before building (``build_shm_op``) and keeps
+    edits to it.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[CPU_SHM_COMM_OP] = False
+
+
 class Learner:
     """One data-parallel rank of the policy update."""
 
@@ -65,6 +87,8 @@ class Learner:
         os.environ.update(
             {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size), "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"), "MASTER_PORT": str(master_port)}
         )
+        if self.device == "cpu":
+            skip_cpu_shm_comm_build()
         deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False)
         torch.manual_seed(config.learner.seed)
 
