@@ -544,13 +544,16 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
         "make learner.prompts_per_step / learner.micro_batch_prompts a multiple of the learner GPUs",
     )
     method, layout = c.sync.method, p.layout
+    # The pairing rules are the GPUs'; on CPU every transport runs in either
+    # layout (nccl as a gloo collective, cuda_ipc as its shared-memory twin).
+    on_gpu = p.device != "cpu"
     require(
-        not (method == "nccl" and layout == "colocate"), "sync.method",
+        not (on_gpu and method == "nccl" and layout == "colocate"), "sync.method",
         "= nccl cannot pair the learner and vLLM on one GPU (NCCL needs one process per device)",
         "use sync.method=auto (CUDA IPC when colocated) or placement.layout=separate",
     )
     require(
-        not (method == "cuda_ipc" and layout == "separate"), "sync.method",
+        not (on_gpu and method == "cuda_ipc" and layout == "separate"), "sync.method",
         "= cuda_ipc maps memory of the same GPU, but placement.layout=separate puts vLLM on other GPUs",
         "use sync.method=auto (NCCL when separate) or placement.layout=colocate",
     )
@@ -558,6 +561,11 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
         not (r.backend == "hf" and method in ("nccl", "cuda_ipc")), "sync.method",
         f"= {method} is not implemented for rollout.backend=hf (it takes weights through shared-memory files)",
         "use sync.method=auto or shm with the hf backend, or rollout.backend=vllm",
+    )
+    require(
+        p.layout == "separate" or p.rollout_gpus <= 1, "placement.rollout_gpus",
+        f"= {p.rollout_gpus} applies to the separate layout only (colocated vLLM shares learner rank 0's GPU)",
+        "use placement.layout=separate for a tensor-parallel rollout engine, or leave rollout_gpus at 1",
     )
     require(c.sync.interval_steps >= 1, "sync.interval_steps", f"= {c.sync.interval_steps} must be at least 1", "set it to 1 to sync after every update")
     require(c.sync.bucket_mb >= 1, "sync.bucket_mb", f"= {c.sync.bucket_mb} must be at least 1", "set it to e.g. 512")

@@ -31,7 +31,7 @@ CHECKPOINT_TAG = "state"
 def deepspeed_config(config: Config, dtype: torch.dtype, world_size: int) -> dict[str, Any]:
     """The DeepSpeed config for this run; DeepSpeed does accumulation, clipping and ZeRO."""
     micro = config.learner.micro_batch_prompts * config.rollout.n
-    return {
+    ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": config.grad_accum_steps // world_size,
         "train_batch_size": micro * (config.grad_accum_steps // world_size) * world_size,
@@ -42,6 +42,12 @@ def deepspeed_config(config: Config, dtype: torch.dtype, world_size: int) -> dic
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if dtype == torch.bfloat16 and config.learner.zero_stage >= 1:
+        # Sum the micro-batches' gradients in fp32: bf16 keeps 8 bits of
+        # mantissa, so accumulating many small per-micro-batch gradients in it
+        # drops their low bits. ZeRO 1-3 take this (stage 0 with bf16 does not).
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    return ds
 
 
 # DeepSpeed's name for its CPU shared-memory all-reduce op (``ShareMemCommBuilder.NAME``).
@@ -69,7 +75,10 @@ def skip_cpu_shm_comm_build() -> None:
 class Learner:
     """One data-parallel rank of the policy update."""
 
-    def __init__(self, config: Config, total_steps: int, rank: int = 0, world_size: int = 1, master_port: int = 29500) -> None:
+    def __init__(
+        self, config: Config, total_steps: int, rank: int = 0, world_size: int = 1, master_port: int = 29500, master_address: str = "127.0.0.1"
+    ) -> None:
+        """``master_address``/``master_port``: where DeepSpeed's group meets (rank 0's node; :mod:`aharl.runtime.rendezvous`)."""
         import deepspeed
         import transformers
         from transformers import AutoModelForCausalLM, get_scheduler
@@ -85,7 +94,7 @@ class Learner:
             # Generation and the update take turns, so the update may use every core.
             torch.set_num_threads(os.cpu_count() or 1)
         os.environ.update(
-            {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size), "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"), "MASTER_PORT": str(master_port)}
+            {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_address, "MASTER_PORT": str(master_port)}
         )
         if self.device == "cpu":
             skip_cpu_shm_comm_build()
@@ -124,8 +133,8 @@ class Learner:
             lr_scheduler=scheduler,
             config=deepspeed_config(config, self.dtype, world_size),
         )
-        self._ipc_buffers: list[torch.Tensor] = []
-        self._nccl = None
+        self._ipc_buffers: list[Any] = []  # packed buckets the rollout worker may still be reading
+        self._broadcast: nccl.Group | None = None
 
     # ------------------------------------------------------------------
     # Log-probs
@@ -260,25 +269,30 @@ class Learner:
         return shm.send(weights, self.weight_buckets(), directory)
 
     def export_cuda_ipc_bucket(self, index: int) -> dict[str, Any]:
-        """Sender side of :mod:`aharl.sync.cuda_ipc`: bucket ``index``'s handle (its buffer kept until released)."""
+        """Sender side of :mod:`aharl.sync.cuda_ipc` (on CPU, its shared-memory twin): bucket ``index``'s handle.
+
+        The buffer is kept until :meth:`release_cuda_ipc`.
+        """
         names = set(self.weight_buckets()[index])
         selected = [(n, t) for n, t in self.named_weights() if n in names]
         if self.rank != 0:
             return {}
-        packed, handle = cuda_ipc.send(selected)
-        self._ipc_buffers.append(packed)
+        buffer, handle = cuda_ipc.send(selected, shm.shared_memory_dir())
+        self._ipc_buffers.append(buffer)
         return handle
 
     def release_cuda_ipc(self) -> None:
-        self._ipc_buffers.clear()
-        torch.cuda.empty_cache()
+        buffers, self._ipc_buffers = self._ipc_buffers, []
+        cuda_ipc.release(buffers)
 
     def init_nccl(self, master_address: str, master_port: int, world_size: int) -> None:
-        """Sender side of :mod:`aharl.sync.nccl`: rank 0 joins the broadcast group with the rollout workers."""
-        self._nccl = nccl.connect(master_address, master_port, 0, world_size, torch.cuda.current_device())
+        """Sender side of :mod:`aharl.sync.nccl` (gloo on CPU): rank 0 joins the broadcast group with the rollout workers."""
+        if self.rank == 0:
+            device = torch.cuda.current_device() if self.device == "cuda" else "cpu"
+            self._broadcast = nccl.Group(master_address, master_port, 0, world_size, device)
 
     def weight_meta(self) -> list[nccl.WeightMeta]:
-        return [(name, str(dtype).removeprefix("torch."), list(shape)) for name, dtype, shape in self.full_shapes()]
+        return nccl.meta_of(self.full_shapes())
 
     def broadcast_weights(self) -> int:
         weights = self.named_weights()
@@ -286,7 +300,7 @@ class Learner:
             for _ in weights:  # the other ranks still take part in ZeRO-3's gathers
                 pass
             return 0
-        return nccl.send(self._nccl, weights)
+        return nccl.send(self._broadcast, weights)
 
     def export_hf(self, directory: str) -> str | None:
         """Write the policy as a Hugging Face directory (safetensors + config), atomically.

@@ -58,11 +58,11 @@ class RolloutEngine(Protocol):
     def load_weight_files(self, paths: list[str]) -> int:
         """Receive side of :mod:`aharl.sync.shm`; returns the tensor count."""
 
-    def load_cuda_ipc_bucket(self, bucket: dict[str, Any]) -> int:
-        """Receive side of :mod:`aharl.sync.cuda_ipc`."""
+    def load_cuda_ipc_bucket(self, bucket: dict[str, Any], final: bool = True) -> int:
+        """Receive side of :mod:`aharl.sync.cuda_ipc`, one bucket; ``final``: the sync's last bucket."""
 
-    def init_nccl(self, master_address: str, master_port: int, rank: int, world_size: int) -> None:
-        """Join the broadcast group of :mod:`aharl.sync.nccl`."""
+    def init_nccl(self, master_address: str, master_port: int, first_rank: int, world_size: int) -> None:
+        """Join the broadcast group of :mod:`aharl.sync.nccl`: each engine worker as ``first_rank`` + its rank."""
 
     def load_from_nccl(self, meta: list[tuple[str, str, list[int]]]) -> int:
         """Receive side of :mod:`aharl.sync.nccl`."""

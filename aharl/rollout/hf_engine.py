@@ -95,10 +95,10 @@ class HFEngine:
             raise ValueError(f"unexpected weights: {unexpected[:3]}")
         return len(state)
 
-    def load_cuda_ipc_bucket(self, bucket: dict[str, Any]) -> int:
+    def load_cuda_ipc_bucket(self, bucket: dict[str, Any], final: bool = True) -> int:
         raise AharlError(GPU_SYNC_UNSUPPORTED)
 
-    def init_nccl(self, master_address: str, master_port: int, rank: int, world_size: int) -> None:
+    def init_nccl(self, master_address: str, master_port: int, first_rank: int, world_size: int) -> None:
         raise AharlError(GPU_SYNC_UNSUPPORTED)
 
     def load_from_nccl(self, meta: list[tuple[str, str, list[int]]]) -> int:

@@ -47,7 +47,16 @@ def engine_kwargs(config: Config, device: str) -> dict[str, Any]:
     else:
         kwargs["gpu_memory_utilization"] = r.gpu_memory_utilization
         kwargs["enable_sleep_mode"] = config.placement.layout == "colocate" and r.sleep_during_update
+        # The rollout actor holds placement.rollout_gpus GPUs (separate layout): vLLM shards the model over them.
+        kwargs["tensor_parallel_size"] = rollout_workers(config, device)
     return kwargs
+
+
+def rollout_workers(config: Config, device: str) -> int:
+    """vLLM worker processes of the rollout engine: its tensor-parallel size (one on CPU and when colocated)."""
+    if device != "cuda" or config.placement.layout == "colocate":
+        return 1
+    return config.placement.rollout_gpus
 
 
 def use_every_core() -> None:
@@ -155,23 +164,27 @@ class VLLMEngine:
 
     # -- weights in -------------------------------------------------------------
 
+    # Every vLLM worker (one per tensor-parallel rank) loads every tensor and
+    # keeps its shard; the count is one worker's.
+
     def load_weight_files(self, paths: list[str]) -> int:
-        count = sum(self.llm.collective_rpc("load_from_files", args=(paths,)))
+        count = self.llm.collective_rpc("load_from_files", args=(paths,))[0]
         self.weights_released = False
         return count
 
-    def load_cuda_ipc_bucket(self, bucket: dict[str, Any]) -> int:
-        # Bucket by bucket: the weights are whole again after the last one,
-        # before the next generation (the sync runs all buckets first).
-        count = sum(self.llm.collective_rpc("load_from_cuda_ipc", args=(bucket,)))
+    def load_cuda_ipc_bucket(self, bucket: dict[str, Any], final: bool = True) -> int:
+        # Bucket by bucket: the weights are whole again after the last one
+        # (``final``), before the next generation (the sync runs all buckets first).
+        count = self.llm.collective_rpc("load_from_cuda_ipc", args=(bucket, final))[0]
         self.weights_released = False
         return count
 
-    def init_nccl(self, master_address: str, master_port: int, rank: int, world_size: int) -> None:
-        self.llm.collective_rpc("init_nccl", args=(master_address, master_port, rank, world_size))
+    def init_nccl(self, master_address: str, master_port: int, first_rank: int, world_size: int) -> None:
+        """Each vLLM worker joins the broadcast group as ``first_rank`` + its own rank."""
+        self.llm.collective_rpc("init_nccl", args=(master_address, master_port, first_rank, world_size))
 
     def load_from_nccl(self, meta: list[tuple[str, str, list[int]]]) -> int:
-        count = sum(self.llm.collective_rpc("load_from_nccl", args=(meta,)))
+        count = self.llm.collective_rpc("load_from_nccl", args=(meta,))[0]
         self.weights_released = False
         return count
 

@@ -9,14 +9,17 @@ sides of every transport) and loads them into vLLM's model:
 - ``load_from_files`` (:mod:`~aharl.sync.shm`): through the model runner's
   ``reload_weights``, because on CPU vLLM repacks weights at start-up and
   plain ``load_weights`` fails afterwards.
-- ``load_from_cuda_ipc`` (:mod:`~aharl.sync.cuda_ipc`).
-- ``init_nccl`` / ``load_from_nccl`` (:mod:`~aharl.sync.nccl`).
+- ``load_from_cuda_ipc`` (:mod:`~aharl.sync.cuda_ipc`, or its shared-memory
+  twin on CPU).
+- ``init_nccl`` / ``load_from_nccl`` (:mod:`~aharl.sync.nccl`; gloo on CPU).
+
+``_load`` is the one place that differs between CPU and GPU.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -54,24 +57,40 @@ class WeightSyncExtension:
 
     model_runner: Any
     device: Any
+    rank: int
 
     def _model(self):
         return self.model_runner.model
 
-    def load_from_files(self, paths: list[str]) -> int:
-        """Load every tensor in the safetensors ``paths``; returns the tensor count."""
+    def _load(self, weights: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Load ``(name, tensor)`` pairs into vLLM's model (in HF names); returns how many.
+
+        The device call is the only difference: on CPU vLLM repacks weights
+        at start-up, so a live engine takes them through the model runner's
+        ``reload_weights`` (plain ``load_weights`` fails afterwards) and a tied
+        LM head is re-packed; on GPU the model's ``load_weights`` copies each
+        tensor into its (tensor-parallel) shard.
+        """
         count = 0
 
         def counted() -> Iterator[tuple[str, torch.Tensor]]:
             nonlocal count
-            for pair in shm.receive(paths):
+            for pair in weights:
                 count += 1
                 yield pair
 
-        _quiet_expected_reload_gaps(self._tied_lm_head())
-        self.model_runner.reload_weights(weights_iterator=counted())
-        self._refresh_tied_lm_head()
+        if self.device.type == "cpu":
+            _quiet_expected_reload_gaps(self._tied_lm_head())
+            self.model_runner.reload_weights(weights_iterator=counted())
+            self._refresh_tied_lm_head()
+        else:
+            self._model().load_weights(weights=counted())
+            torch.cuda.synchronize(self.device)
         return count
+
+    def load_from_files(self, paths: list[str]) -> int:
+        """Load every tensor in the safetensors ``paths``; returns the tensor count."""
+        return self._load(shm.receive(paths))
 
     def _tied_lm_head(self) -> bool:
         model = self._model()
@@ -97,26 +116,31 @@ class WeightSyncExtension:
         if method is not None and hasattr(method, "process_weights_after_loading"):
             method.process_weights_after_loading(lm_head)
 
-    def load_from_cuda_ipc(self, bucket: dict[str, Any]) -> int:
-        """Map the learner's packed bucket from its IPC handle and load its tensors."""
-        device = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        weights = list(cuda_ipc.receive(bucket, device))
-        self._model().load_weights(weights=weights)
-        torch.cuda.synchronize()
+    def load_from_cuda_ipc(self, bucket: dict[str, Any], final: bool = True) -> int:
+        """Map the learner's packed bucket from its handle and load its tensors; returns how many arrived.
+
+        On CPU a reload takes the whole model at once (a layer whose HF
+        tensors fall in two buckets must see both), so buckets are copied
+        out of the sender's buffer, which it frees after this call, and
+        loaded together with the ``final`` one.
+        """
+        weights = list(cuda_ipc.receive(bucket, self.device))
+        if self.device.type != "cpu":
+            return self._load(weights)
+        staged = getattr(self, "_aharl_staged", [])
+        staged.extend((name, tensor.clone()) for name, tensor in weights)
+        self._aharl_staged = [] if final else staged
+        if final:
+            self._load(staged)
         return len(weights)
 
-    def init_nccl(self, master_address: str, master_port: int, rank: int, world_size: int) -> None:
-        """Join the learner's broadcast group (learner rank 0 is rank 0 there)."""
-        self._aharl_nccl = nccl.connect(master_address, master_port, rank, world_size, self.device)
+    def init_nccl(self, master_address: str, master_port: int, first_rank: int, world_size: int) -> None:
+        """Join the learner's broadcast group (learner rank 0 is rank 0 there) as ``first_rank`` + this worker's rank."""
+        self._aharl_group = nccl.Group(master_address, master_port, first_rank + self.rank, world_size, self.device)
 
     def load_from_nccl(self, meta: list[nccl.WeightMeta]) -> int:
-        """Receive each ``(name, dtype, shape)`` by broadcast from rank 0 and load it."""
-        model = self._model()
-        count = 0
-        for name, tensor in nccl.receive(self._aharl_nccl, meta, self.device):
-            model.load_weights(weights=[(name, tensor)])
-            count += 1
-        return count
+        """Receive each ``(name, dtype, shape)`` by broadcast from rank 0 and load it, one tensor at a time."""
+        return self._load(nccl.receive(self._aharl_group, meta))
 
     def parameter_checksum(self) -> float:
         """Sum of |w| over all parameters: a cheap fingerprint to compare across a sync."""

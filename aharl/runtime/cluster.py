@@ -20,7 +20,10 @@ from aharl.errors import AharlError
 from aharl.runtime.logs import logged_actor
 from aharl.runtime.placement import ActorSlot, plan_layout, sync_method
 from aharl.rollout.engine import SamplingSettings, engine_class
-from aharl.runtime.weight_sync import TRANSPORTS, free_port, wait_for
+from aharl.rollout.vllm_engine import rollout_workers
+from aharl.runtime.rendezvous import rendezvous
+from aharl.runtime.topology import Topology, choose_sync, probe_topology
+from aharl.runtime.weight_sync import TRANSPORTS, wait_for
 from aharl.grpo.batch import MicroBatch
 from aharl.learner.learner import Learner
 from aharl.types import Prompt, RolloutGroup
@@ -38,12 +41,29 @@ def rollout_env() -> dict[str, str]:
     return {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
 
 
+def probe_gpus(config: Config, timeout_s: float = 180) -> Topology:
+    """:func:`probe_topology` in a task holding one GPU (two for the separate layout, where the cluster has them).
+
+    It runs before the placement group takes the GPUs; a cluster that cannot
+    run it in time gives "unknown", and the defaults apply.
+    """
+    gpus = 2 if config.placement.layout == "separate" and ray.cluster_resources().get("GPU", 0) >= 2 else 1
+    probe = ray.remote(num_cpus=0, num_gpus=gpus)(probe_topology)
+    try:
+        return ray.get(probe.remote(), timeout=timeout_s)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+        return Topology()
+
+
 class Cluster:
     def __init__(self, config: Config, device: str, total_steps: int, run_id: str, log_dir: Path | None = None) -> None:
         """``log_dir``: where the actors' output goes (:mod:`aharl.runtime.logs`); ``None`` streams it to the driver."""
         self.config = config
         self.log_dir = log_dir
         self.layout = plan_layout(config, device)
+        sync_method(config, device)  # an explicit method that cannot work on this device fails here, in one line
+        self.topology = probe_gpus(config) if device == "cuda" else Topology()
+        self.sync_choice = choose_sync(config, device, self.topology)
         self.pg = placement_group(self.layout.bundles, strategy=self.layout.strategy)
         ready, _ = ray.wait([self.pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
         if not ready:
@@ -53,16 +73,26 @@ class Cluster:
             )
         # The rollout engine starts first: on a shared GPU vLLM sizes its
         # KV cache from the free memory it sees.
-        self.rollout = self._place(engine_class(config.rollout.backend), self.layout.rollout, "rollout", rollout_env()).remote(config, device)
+        env = self.sync_choice.env
+        self.rollout = self._place(engine_class(config.rollout.backend), self.layout.rollout, "rollout", {**rollout_env(), **env}).remote(config, device)
         ray.get(self.rollout.parameter_checksum.remote())
-        port = free_port()
+        # DeepSpeed's group meets at learner rank 0's node.
+        learner_bundles = [slot.bundle_index for slot in self.layout.learners]
+        address, port = rendezvous(self.pg, learner_bundles[0], learner_bundles, PLACEMENT_TIMEOUT_S)
         world = len(self.layout.learners)
         self.learners = [
-            self._place(Learner, slot, f"learner-{rank}").remote(config, total_steps, rank, world, port)
+            self._place(Learner, slot, f"learner-{rank}", env).remote(config, total_steps, rank, world, port, address)
             for rank, slot in enumerate(self.layout.learners)
         ]
         ray.get([learner.parameter_checksum.remote() for learner in self.learners])
-        self.sync = TRANSPORTS[sync_method(config, device)](self.learners, self.rollout, run_id, config.sync.timeout_s)
+
+        def meet() -> tuple[str, int]:
+            """The weight broadcast's group (nccl) meets at learner rank 0's node too: rank 0 hosts it."""
+            return rendezvous(self.pg, learner_bundles[0], [self.layout.rollout.bundle_index], config.sync.timeout_s)
+
+        self.sync = TRANSPORTS[self.sync_choice.method](
+            self.learners, self.rollout, run_id, config.sync.timeout_s, rollout_workers(config, device), meet
+        )
 
     def _place(self, cls, slot: ActorSlot, role: str, env_vars: dict[str, str] | None = None):
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=slot.bundle_index)

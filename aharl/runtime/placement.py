@@ -71,9 +71,14 @@ def plan_layout(config: Config, device: str) -> Layout:
 def sync_method(config: Config, device: str) -> str:
     """The weight transport for this layout when ``sync.method=auto``."""
     if config.sync.method != "auto":
-        if device != "cuda" and config.sync.method != "shm":
-            raise AharlError(f"sync.method={config.sync.method} needs GPUs, but this run is on {device}; use sync.method=auto or shm")
-        return config.sync.method
+        method, layout = config.sync.method, config.placement.layout
+        # The config checks these pairings unless placement.device=cpu; here the device is known.
+        if device == "cuda" and (method, layout) in (("nccl", "colocate"), ("cuda_ipc", "separate")):
+            raise AharlError(
+                f"sync.method={method} cannot run with placement.layout={layout} on GPUs "
+                "(NCCL needs one process per GPU; CUDA IPC maps memory of the same GPU); use sync.method=auto"
+            )
+        return method
     if device != "cuda" or config.rollout.backend == "hf":
         return "shm"
     return "cuda_ipc" if config.placement.layout == "colocate" else "nccl"

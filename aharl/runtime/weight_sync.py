@@ -10,16 +10,16 @@ ZeRO-3, gathering the full weights is collective.
 from __future__ import annotations
 
 import shutil
-import socket
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray.exceptions import GetTimeoutError
 
 from aharl.errors import AharlError
+from aharl.runtime.rendezvous import LOOPBACK, free_port
+from aharl.sync.shm import shared_memory_dir
 
 
 class SyncTimeoutError(AharlError):
@@ -38,16 +38,36 @@ def wait_for(refs: Any, stage: str, timeout_s: float) -> Any:
         ) from None
 
 
+def loopback_meeting() -> tuple[str, int]:
+    """Rendezvous for a run whose actors all share this node."""
+    return LOOPBACK, free_port()
+
+
 class WeightSync:
-    """One transport's choreography; ``__call__`` moves the weights once and reports metrics."""
+    """One transport's choreography; ``__call__`` moves the weights once and reports metrics.
+
+    ``rollout_workers``: the rollout engine's worker processes (its
+    tensor-parallel size); ``meet``: where a group hosted by learner rank 0
+    meets (:mod:`aharl.runtime.rendezvous`).
+    """
 
     method: str
 
-    def __init__(self, learners: list[Any], rollout: Any, run_id: str, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        learners: list[Any],
+        rollout: Any,
+        run_id: str,
+        timeout_s: float = 600.0,
+        rollout_workers: int = 1,
+        meet: Callable[[], tuple[str, int]] = loopback_meeting,
+    ) -> None:
         self.learners = learners
         self.rollout = rollout
         self.run_id = run_id
         self.timeout_s = timeout_s
+        self.rollout_workers = rollout_workers
+        self.meet = meet
 
     def wait(self, refs: Any, stage: str) -> Any:
         return wait_for(refs, f"{self.method}: {stage}", self.timeout_s)
@@ -67,10 +87,9 @@ class ShmSync(WeightSync):
 
     method = "shm"
 
-    def __init__(self, learners: list[Any], rollout: Any, run_id: str, timeout_s: float = 600.0) -> None:
-        super().__init__(learners, rollout, run_id, timeout_s)
-        base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-        self.directory = base / f"aharl-{run_id}"
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.directory = Path(shared_memory_dir()) / f"aharl-{self.run_id}"
 
     def transfer(self) -> int:
         paths = self.wait([learner.export_weight_files.remote(str(self.directory)) for learner in self.learners], "learner writes buckets")[0]
@@ -90,26 +109,30 @@ class CudaIpcSync(WeightSync):
         buckets = self.wait(self.learners[0].weight_buckets.remote(), "plan buckets")
         for index in range(len(buckets)):
             bucket = self.wait([learner.export_cuda_ipc_bucket.remote(index) for learner in self.learners], f"learner packs bucket {index}")[0]
-            count += self.wait(self.rollout.load_cuda_ipc_bucket.remote(bucket), f"rollout loads bucket {index}")
+            final = index == len(buckets) - 1
+            count += self.wait(self.rollout.load_cuda_ipc_bucket.remote(bucket, final), f"rollout loads bucket {index}")
             self.wait([learner.release_cuda_ipc.remote() for learner in self.learners], f"learner frees bucket {index}")
         return count
 
 
 class NcclSync(WeightSync):
-    """Learner rank 0 broadcasts to the rollout worker over a group formed at the first sync."""
+    """Learner rank 0 broadcasts to every rollout worker over a group formed at the first sync (gloo on CPU).
+
+    Ranks: learner rank 0 is 0, vLLM worker ``w`` (its tensor-parallel rank)
+    is ``1 + w``; each worker receives every tensor and keeps its shard.
+    """
 
     method = "nccl"
 
-    def __init__(self, learners: list[Any], rollout: Any, run_id: str, timeout_s: float = 600.0) -> None:
-        super().__init__(learners, rollout, run_id, timeout_s)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._connected = False
 
     def transfer(self) -> int:
         if not self._connected:
-            address = ray.util.get_node_ip_address()
-            port = free_port()
-            # Rank 0 is the learner, rank 1 the (single-process) rollout worker.
-            self.wait([self.learners[0].init_nccl.remote(address, port, 2), self.rollout.init_nccl.remote(address, port, 1, 2)], "form the group")
+            address, port = self.meet()
+            world = 1 + self.rollout_workers
+            self.wait([self.learners[0].init_nccl.remote(address, port, world), self.rollout.init_nccl.remote(address, port, 1, world)], "form the group")
             self._connected = True
         meta = self.wait(self.learners[0].weight_meta.remote(), "describe weights")
         sends = [learner.broadcast_weights.remote() for learner in self.learners]
@@ -120,9 +143,3 @@ class NcclSync(WeightSync):
 
 # ``sync.method`` -> its choreography (``auto`` is resolved by :func:`aharl.runtime.placement.sync_method`).
 TRANSPORTS: dict[str, type[WeightSync]] = {cls.method: cls for cls in (ShmSync, CudaIpcSync, NcclSync)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]

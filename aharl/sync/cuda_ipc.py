@@ -9,10 +9,18 @@ refuses functions, classes and dtypes (without the insecure pickle fallback).
 torch's ``reduce_tensor`` gives exactly those (``rebuild_cuda_tensor`` and
 its arguments), so the handle goes as plain values (:func:`to_wire`) and the
 receiver rebuilds it (:func:`from_wire`), resolving classes from an allow-list.
+
+On CPU the same choreography runs with a CPU twin of the device call: the
+packed bucket lives in a shared-memory file (``/dev/shm``) that the receiver
+maps, and its handle (path, size) takes the same trip through
+``collective_rpc``. So packing, the handle's passage through vLLM's channel,
+the per-bucket release and the worker-side load all run in the CPU suite.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -53,19 +61,53 @@ def from_wire(wire: list[Any], device_index: int) -> tuple:
     return tuple(args)
 
 
-def send(weights: Iterable[tuple[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Pack ``weights`` into one GPU buffer ``[bucket_bytes]``; returns it (keep it alive) and its handle."""
+class SharedCpuBuffer:
+    """The CPU twin's packed bucket: a file in shared memory that both processes map; :meth:`release` removes it."""
+
+    def __init__(self, packed: torch.Tensor, directory: str) -> None:
+        self.path = os.path.join(directory, f"aharl-ipc-{uuid.uuid4().hex}")
+        self.nbytes = packed.numel()
+        self.mapped = torch.from_file(self.path, shared=True, size=self.nbytes, dtype=torch.uint8)  # [bucket_bytes]
+        self.mapped.copy_(packed)
+
+    def release(self) -> None:
+        self.mapped = None
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def send(weights: Iterable[tuple[str, torch.Tensor]], cpu_directory: str) -> tuple[Any, dict[str, Any]]:
+    """Pack ``weights`` into one buffer ``[bucket_bytes]``; returns it (keep it until :func:`release`) and its handle.
+
+    The buffer is on the weights' GPU, or in a shared-memory file under ``cpu_directory`` for CPU weights.
+    """
+    packed, meta = pack_bucket(weights)
+    if not packed.is_cuda:
+        shared = SharedCpuBuffer(packed, cpu_directory)
+        return shared, {"shared_file": shared.path, "nbytes": shared.nbytes, "meta": meta}
     from torch.multiprocessing.reductions import reduce_tensor
 
-    packed, meta = pack_bucket(weights)
     torch.cuda.synchronize()
     _, rebuild_args = reduce_tensor(packed)
     return packed, {"handle": to_wire(rebuild_args), "meta": meta}
 
 
-def receive(bucket: dict[str, Any], device_index: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Open the sender's buffer on this process's ``device_index`` and view the tensors in it."""
-    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+def release(buffers: Iterable[Any]) -> None:
+    """Free what :func:`send` returned, once the receiver has loaded it."""
+    for buffer in buffers:
+        if isinstance(buffer, SharedCpuBuffer):
+            buffer.release()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
-    packed = rebuild_cuda_tensor(*from_wire(bucket["handle"], device_index))  # [bucket_bytes] uint8 on the shared GPU
+
+def receive(bucket: dict[str, Any], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    """Open the sender's buffer from this process, on ``device``, and view the tensors in it (no copies)."""
+    if "shared_file" in bucket:
+        packed = torch.from_file(bucket["shared_file"], shared=False, size=bucket["nbytes"], dtype=torch.uint8)
+    else:
+        from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        packed = rebuild_cuda_tensor(*from_wire(bucket["handle"], index))  # [bucket_bytes] uint8 on the shared GPU
     yield from unpack_bucket(packed, bucket["meta"])

@@ -1,8 +1,15 @@
-"""NCCL broadcast: learner rank 0 sends every tensor to the rollout worker(s) on their own GPUs.
+"""Collective broadcast: learner rank 0 sends every tensor to the rollout worker(s).
 
-Both sides join one group formed once (``connect``, same call on each side
+Both sides join one group formed once (:class:`Group`, same call on each side
 with its own rank; the learner is rank 0). The receiver learns names,
 dtypes and shapes first (``meta``), then takes the tensors in that order.
+
+On GPUs the group is NCCL (vLLM's ``PyNcclCommunicator`` over its stateless
+group, which leaves torch.distributed's default group to DeepSpeed). On CPU
+the same rendezvous, rank arithmetic, metadata and per-tensor loads run over
+a gloo group (vLLM's stateless torch process group), so ``sync.method=nccl``
+on CPU means "collective over gloo" and the suite runs this transport end to
+end. Only :meth:`Group.broadcast` and :meth:`Group.finish` differ by device.
 """
 
 from __future__ import annotations
@@ -15,27 +22,54 @@ import torch
 WeightMeta = tuple[str, str, list[int]]
 
 
-def connect(address: str, port: int, rank: int, world_size: int, device: Any) -> Any:
-    """Join the broadcast group (vLLM's stateless group: it does not touch torch.distributed's default one)."""
-    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-    from vllm.distributed.utils import StatelessProcessGroup
+class Group:
+    """One member of the broadcast group; rank 0 is the sender."""
 
-    group = StatelessProcessGroup.create(host=address, port=port, rank=rank, world_size=world_size)
-    return PyNcclCommunicator(group, device=device)
+    def __init__(self, address: str, port: int, rank: int, world_size: int, device: Any) -> None:
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        if self.device.type == "cuda":
+            from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+            from vllm.distributed.utils import StatelessProcessGroup
+
+            store_group = StatelessProcessGroup.create(host=address, port=port, rank=rank, world_size=world_size)
+            self._nccl = PyNcclCommunicator(store_group, device=self.device)
+        else:
+            from vllm.distributed.utils import stateless_init_torch_distributed_process_group
+
+            self._gloo = stateless_init_torch_distributed_process_group(address, port, rank, world_size, "gloo")
+
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        """Rank 0's ``tensor`` into every member's ``tensor`` (same shape and dtype on each side)."""
+        if self.device.type == "cuda":
+            self._nccl.broadcast(tensor, src=0, stream=torch.cuda.current_stream())
+        else:
+            self._gloo.broadcast(tensor, 0).wait()
+
+    def finish(self) -> None:
+        """Wait until every broadcast issued so far has landed (NCCL runs on a stream; gloo already waited)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
-def send(communicator: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> int:
+def meta_of(shapes: Iterable[tuple[str, torch.dtype, Sequence[int]]]) -> list[WeightMeta]:
+    """What the receiver allocates: the full shapes (under ZeRO-3, ``ds_shape``, not the ``[0]`` placeholder)."""
+    return [(name, str(dtype).removeprefix("torch."), list(shape)) for name, dtype, shape in shapes]
+
+
+def send(group: Group, weights: Iterable[tuple[str, torch.Tensor]]) -> int:
     count = 0
     for _, tensor in weights:
-        communicator.broadcast(tensor.contiguous(), src=0, stream=torch.cuda.current_stream())
+        group.broadcast(tensor.contiguous())
         count += 1
-    torch.cuda.synchronize()
+    group.finish()
     return count
 
 
-def receive(communicator: Any, meta: Sequence[WeightMeta], device: Any) -> Iterator[tuple[str, torch.Tensor]]:
+def receive(group: Group, meta: Sequence[WeightMeta]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each tensor of ``meta`` in order, received into a fresh buffer on the group's device."""
     for name, dtype, shape in meta:
-        tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
-        communicator.broadcast(tensor, src=0, stream=torch.cuda.current_stream())
+        tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=group.device)
+        group.broadcast(tensor)
         yield name, tensor
-    torch.cuda.synchronize()
+    group.finish()

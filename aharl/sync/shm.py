@@ -8,9 +8,15 @@ and remove (:mod:`aharl.runtime.weight_sync`).
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Iterable, Iterator, Sequence
 
 import torch
+
+
+def shared_memory_dir() -> str:
+    """``/dev/shm`` (RAM) where the system has it, else the temporary directory."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
 def send(weights: Iterable[tuple[str, torch.Tensor]], buckets: Sequence[Sequence[str]], directory: str) -> list[str]:

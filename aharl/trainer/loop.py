@@ -113,7 +113,7 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
     rewards = RewardPool(config.rewards, log_dir)
     print_fn(
         f"started rollout ({config.rollout.backend}, {device}), learner, {config.rewards.num_workers} reward workers "
-        f"in {time.perf_counter() - started:.0f}s; sync: {cluster.sync.method}"
+        f"in {time.perf_counter() - started:.0f}s; {cluster.sync_choice.line()}"
     )
     try:
         run.attach(cluster, rewards, tokenizer, sampler, eval_prompts)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aharl.runtime.weight_sync import free_port
+from aharl.runtime.rendezvous import free_port
 from tests.helpers.paths import REPO
 from tests.helpers.toy import toy_workspace
 

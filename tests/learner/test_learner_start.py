@@ -32,7 +32,7 @@ torch.distributed.destroy_process_group()
 @pytest.mark.slow
 def test_learner_starts_despite_a_stale_extension_build_lock(tmp_path, smollm2_tokenizer):
     from aharl.learner.learner import CPU_SHM_COMM_OP
-    from aharl.runtime.weight_sync import free_port
+    from aharl.runtime.rendezvous import free_port
     from tests.helpers.toy import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model", smollm2_tokenizer)

@@ -38,7 +38,7 @@ torch.distributed.destroy_process_group()
 
 @pytest.mark.slow
 def test_zero3_meta_and_buckets_use_the_full_shapes(tmp_path, smollm2_tokenizer):
-    from aharl.runtime.weight_sync import free_port
+    from aharl.runtime.rendezvous import free_port
     from tests.helpers.toy import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model", smollm2_tokenizer)

@@ -29,6 +29,8 @@ CALLS = [
     ("vllm.distributed.utils.StatelessProcessGroup.create", {"host", "port", "rank", "world_size"}, 0),
     ("vllm.distributed.device_communicators.pynccl.PyNcclCommunicator", {"device"}, 1),
     ("vllm.distributed.device_communicators.pynccl.PyNcclCommunicator.broadcast", {"src", "stream"}, 1),
+    # The CPU twin of the NCCL group: host, port, rank, world_size, backend, by position.
+    ("vllm.distributed.utils.stateless_init_torch_distributed_process_group", set(), 5),
     # In the worker (rollout/worker_extension.py): the CPU path reloads in place.
     ("vllm.v1.worker.gpu_model_runner.GPUModelRunner.reload_weights", {"weights_iterator"}, 0),
 ]

@@ -62,9 +62,45 @@ def test_both_layouts_run_on_cpu_without_gpus(layout_name, rollout_bundle):
     assert sync_method(config, "cpu") == "shm"
 
 
-def test_gpu_sync_method_on_cpu_is_a_clear_error():
-    with pytest.raises(AharlError, match="sync.method=cuda_ipc needs GPUs"):
-        sync_method(load_config(ONE_GPU), "cpu")
+@pytest.mark.parametrize("layout_name", ["colocate", "separate"])
+@pytest.mark.parametrize("method", ["shm", "cuda_ipc", "nccl"])
+def test_every_transport_runs_in_both_layouts_on_cpu(method, layout_name):
+    # nccl is a gloo collective and cuda_ipc its shared-memory twin on CPU: no GPU pairing rules apply.
+    config = load_config(ONE_GPU, [f"placement.layout={layout_name}", f"sync.method={method}", "placement.device=cpu"])
+    assert sync_method(config, "cpu") == method
+
+
+@pytest.mark.parametrize("method, layout_name", [("nccl", "colocate"), ("cuda_ipc", "separate")])
+def test_gpu_pairings_that_cannot_work_are_refused(method, layout_name):
+    overrides = [f"placement.layout={layout_name}", f"sync.method={method}"]
+    with pytest.raises(AharlError, match=f"`sync.method` = {method}"):
+        load_config(ONE_GPU, overrides)  # placement.device=auto: a GPU machine would run it
+    cpu_only = load_config(ONE_GPU, [*overrides, "placement.device=cpu"])
+    with pytest.raises(AharlError, match=f"sync.method={method} cannot run with placement.layout={layout_name} on GPUs"):
+        sync_method(cpu_only, "cuda")
+
+
+def test_groups_meet_on_loopback_on_one_node_and_at_rank_zeros_node_across_nodes():
+    from aharl.runtime.rendezvous import meeting_address
+
+    one_node = {0: "node-a", 1: "node-a", 2: "node-a"}
+    assert meeting_address(one_node, 0, [0, 1, 2], "10.0.0.5") == "127.0.0.1"
+    two_nodes = {0: "node-a", 1: "node-b", 2: "node-a"}
+    assert meeting_address(two_nodes, 0, [0, 1, 2], "10.0.0.5") == "10.0.0.5"  # rank 0's node, not the driver's
+    assert meeting_address(two_nodes, 0, [2], "10.0.0.5") == "127.0.0.1"  # only the members matter
+
+
+def test_tensor_parallel_rollout_gets_every_rollout_gpu():
+    from aharl.rollout.vllm_engine import engine_kwargs, rollout_workers
+
+    separate = load_config(TWO_GPU, ["placement.rollout_gpus=2"])
+    assert rollout_workers(separate, "cuda") == 2
+    assert engine_kwargs(separate, "cuda")["tensor_parallel_size"] == 2
+    assert plan_layout(separate, "cuda").rollout.num_gpus == 2
+    assert rollout_workers(separate, "cpu") == 1
+    assert "tensor_parallel_size" not in engine_kwargs(separate, "cpu")
+    with pytest.raises(AharlError, match="placement.rollout_gpus"):
+        load_config(ONE_GPU, ["placement.rollout_gpus=2"])  # colocated vLLM shares one GPU
 
 
 def test_rollout_actor_logs_vllm_warnings_only_unless_the_user_chose(monkeypatch):

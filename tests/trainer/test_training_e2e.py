@@ -52,11 +52,22 @@ def learned(history: list[dict[str, float]]) -> bool:
     return last >= first + 0.15
 
 
-def test_sync_makes_rollout_logprobs_equal_the_learners(ray_local, toy):
+@pytest.mark.parametrize("layout", ["colocate", "separate"])
+def test_every_transport_makes_rollout_logprobs_equal_the_learners(ray_local, toy, layout):
+    """Per layout, one cluster: after each update, sync by one transport and compare log-probs.
+
+    On CPU ``nccl`` is the gloo collective (same rendezvous, ranks, metadata
+    and per-tensor loads as on GPUs) and ``cuda_ipc`` its shared-memory twin
+    (same per-bucket handles through vLLM's ``collective_rpc``), so all three
+    choreographies run here; 1 MB buckets make the IPC path take several.
+    """
     from aharl.runtime.cluster import Cluster
+    from aharl.runtime.weight_sync import TRANSPORTS
 
     model_dir, reward_file, root = toy
-    config = toy_config(model_dir, root / "runs", reward_file, "learner.lr=5e-2")
+    config = toy_config(
+        model_dir, root / "runs", reward_file, "learner.lr=5e-2", f"placement.layout={layout}", "placement.device=cpu", "sync.bucket_mb=1"
+    )
     tokenizer = load_tokenizer(str(model_dir))
     prompts, _ = build_prompts(load_rows(config.data), tokenizer, config.data)
     rng = random.Random(0)
@@ -68,24 +79,28 @@ def test_sync_makes_rollout_logprobs_equal_the_learners(ray_local, toy):
         b = cluster.rollout_logprobs(prompt_ids, fixed)
         return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
 
-    cluster = Cluster(config, "cpu", total_steps=4, run_id="sync-test")
-    try:
-        assert max_diff(cluster) < SYNC_ATOL  # same initial weights
-
-        # One update with a large learning rate, then look before and after syncing.
+    def update(cluster):
+        """One update with a large learning rate on a batch the rollout engine sampled."""
         groups = cluster.generate(prompts[:4], SamplingSettings.from_config(config.rollout))
         totals = [float(i % 3) for i in range(4 * config.rollout.n)]
         scored = [ScoredGroup(g, {"r": totals[i * 8 : (i + 1) * 8]}, totals[i * 8 : (i + 1) * 8]) for i, g in enumerate(groups)]
         adv = loop.group_advantages(torch.tensor(totals), config.rollout.n)
         batches = build_micro_batches(scored, adv, 2, tokenizer.pad_token_id)
-        metrics = cluster.train_step(batches, num_sequences=32, num_tokens=sum(b.completion_mask.sum().item() for b in batches))
-        assert metrics["sync/logp_diff"] < SYNC_ATOL  # the batch was sampled by the learner's own weights
+        return cluster.train_step(batches, num_sequences=32, num_tokens=sum(b.completion_mask.sum().item() for b in batches))
 
-        stale = max_diff(cluster)
-        assert stale > 100 * SYNC_ATOL, "the update did not change the learner (or the rollout changed without a sync)"
-        sync_metrics = cluster.sync_weights()
-        assert sync_metrics["sync/tensors"] > 0
-        assert max_diff(cluster) < SYNC_ATOL
+    cluster = Cluster(config, "cpu", total_steps=8, run_id=f"sync-test-{layout}")
+    meet = cluster.sync.meet
+    try:
+        assert max_diff(cluster) < SYNC_ATOL  # same initial weights
+        for method in ("shm", "cuda_ipc", "nccl"):
+            metrics = update(cluster)
+            assert metrics["sync/logp_diff"] < SYNC_ATOL  # the batch was sampled by the learner's own weights
+            stale = max_diff(cluster)
+            assert stale > 100 * SYNC_ATOL, f"{method}: the update did not change the learner (or the rollout changed without a sync)"
+            cluster.sync = TRANSPORTS[method](cluster.learners, cluster.rollout, f"sync-test-{layout}", config.sync.timeout_s, 1, meet)
+            sync_metrics = cluster.sync_weights()
+            assert sync_metrics["sync/tensors"] > 0
+            assert max_diff(cluster) < SYNC_ATOL, f"{method} in the {layout} layout left the rollout's weights stale"
     finally:
         cluster.shutdown()
 
