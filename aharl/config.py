@@ -438,6 +438,11 @@ def _coerce(value: Any, hint: Any, key: str, sources: dict[str, str]) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key, sources)
     if origin is Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
+            # YAML 1.1 reads off/on/no/yes as booleans: `wandb_mode: off` means the choice "off".
+            words = ("off", "no", "false") if value is False else ("on", "yes", "true")
+            spelled = [a for a in args if isinstance(a, str) and a.lower() in words]
+            value = spelled[0] if len(spelled) == 1 else value
         if value not in args:
             choices = ", ".join(str(a) for a in args)
             raise ConfigError(key, f"= {value!r} is not a valid choice", f"use one of: {choices}", source)

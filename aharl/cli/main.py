@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("overrides", nargs="*")
     step.set_defaults(run=_bench_step)
 
+    doctor = commands.add_parser("doctor", help="check the GPU paths on this machine (the CPU subset without a GPU): a PASS/FAIL/SKIP line each")
+    doctor.add_argument("--out", default="runs/doctor", help="where the model, logs and doctor.json go")
+    doctor.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    doctor.add_argument("--only", help="comma-separated check names (default: all)")
+    doctor.set_defaults(run=_doctor)
+
     evaluate = commands.add_parser("eval", help="accuracy and format compliance of a model on GSM8K-style questions (JSON)")
     evaluate.add_argument("--model", required=True, help="a local HF directory (e.g. runs/NAME/final), a hub id, or smollm2-135m-instruct")
     evaluate.add_argument("--data", required=True, help="a .jsonl/.json/.parquet/.csv file or a hub id with question/answer columns")
@@ -109,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--output", help="write JSONL here instead of stdout")
     score.set_defaults(run=_rewards_score)
     return parser
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from aharl.cli.doctor import run_doctor_command
+
+    return run_doctor_command(args)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -173,3 +173,12 @@ def test_shipped_configs_load_by_name_from_any_directory(tmp_path, monkeypatch, 
     assert "quickstart" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="quickstart"):  # the error lists what there is
         load_config("quickstrat")
+
+
+@pytest.mark.parametrize("override", ["logging.wandb_mode=off", "logging.wandb_mode=Off"])
+def test_a_choice_spelled_like_a_yaml_boolean_is_the_choice(override, tmp_path):
+    # YAML 1.1 reads `off` as False; the user meant the choice "off" (file and command line alike).
+    assert load_config(None, [override]).logging.wandb_mode == "off"
+    path = tmp_path / "run.yaml"
+    path.write_text("logging:\n  wandb_mode: off\n")
+    assert load_config(path).logging.wandb_mode == "off"
