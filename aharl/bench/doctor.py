@@ -365,7 +365,7 @@ def check_rollout(model: Path, out: Path, device: str) -> str:
     config = load_config("quickstart", doctor_overrides(model, out, device))
     prompts, _ = build_prompts(load_rows(config.data), load_tokenizer(str(model)), config.data)
     shape = Shape(8, 8) if device == "cuda" else Shape(2, 4)
-    requests = plan_requests(prompts, [shape], max_tokens=64 if device == "cuda" else 16, repeats=2, seed=0, ignore_eos=True)
+    requests = plan_requests(prompts, [shape], max_tokens=64 if device == "cuda" else 16, repeats=3 if device == "cuda" else 1, seed=0, ignore_eos=True)
     results = [r for backend in ("vllm", "hf") for r in run_backend(backend, config, device, requests, timeout_s=900)]
     rows = summarise(results)
     ratio = ratios(rows)[str(shape)]

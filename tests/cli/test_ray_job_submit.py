@@ -82,7 +82,7 @@ def test_ray_job_submit_runs_training_on_a_started_cluster(tmp_path, smollm2_tok
             [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
              "aharl", "train", "quickstart",
              f"model.path={model_dir}", f"rewards.functions=[{reward_file}:vowels]", "rollout.max_tokens=8",
-             "learner.max_steps=2", "learner.micro_batch_prompts=4", f"logging.output_dir={runs}", "logging.run_name=job"],
+             "learner.max_steps=2", "learner.micro_batch_prompts=4", "eval.num_questions=4", f"logging.output_dir={runs}", "logging.run_name=job"],
             env,
         )
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]
