@@ -216,9 +216,8 @@ def check_ipc(device: str, workdir: Path) -> str:
 # sleep-wake (GPU)
 
 
-def check_sleep_wake(model: Path, device: str) -> str:
-    if device != "cuda":
-        raise Skip("needs a GPU (vLLM's sleep mode frees GPU memory)")
+def sleep_wake_probe(model: str) -> dict[str, Any]:
+    """Device-wide GPU memory (GiB) before vLLM, awake, asleep (level 1) and woken; and whether it still generates."""
     from vllm import LLM
 
     def used() -> float:
@@ -226,20 +225,30 @@ def check_sleep_wake(model: Path, device: str) -> str:
         return (total - free) / 2**30
 
     baseline = used()
-    llm = LLM(model=str(model), gpu_memory_utilization=0.3, enable_sleep_mode=True, enforce_eager=True, max_model_len=512)
+    llm = LLM(model=model, gpu_memory_utilization=0.3, enable_sleep_mode=True, enforce_eager=True, max_model_len=512)
     awake = used()
     llm.sleep(level=1)
     asleep = used()
     llm.wake_up()
     woken = used()
-    held = awake - baseline
-    if held <= 0 or (awake - asleep) < 0.5 * held:
-        raise AssertionError(f"sleep freed {awake - asleep:.2f} of the {held:.2f} GiB vLLM held")
-    if abs(woken - awake) > 0.1 * held:
-        raise AssertionError(f"wake-up came back to {woken - baseline:.2f} GiB, not {held:.2f}")
-    out = llm.generate(["Hello"])[0].outputs[0].text
-    del llm
-    return f"vLLM held {held:.2f} GiB, asleep {asleep - baseline:.2f} GiB, woken {woken - baseline:.2f} GiB, generates ({len(out)} chars)"
+    text = llm.generate(["Hello"])[0].outputs[0].text
+    return {"baseline": baseline, "awake": awake, "asleep": asleep, "woken": woken, "generated": len(text)}
+
+
+def check_sleep_wake(model: Path, device: str) -> str:
+    if device != "cuda":
+        raise Skip("needs a GPU (vLLM's sleep mode frees GPU memory)")
+    # Its own process, so the engine's memory is gone before the next check starts one.
+    done = subprocess.run([sys.executable, "-m", "aharl.bench.doctor", "sleep-wake-probe", str(model)], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise AssertionError(_last_line(done.stderr))
+    m = json.loads(done.stdout.strip().splitlines()[-1])
+    held, freed = m["awake"] - m["baseline"], m["awake"] - m["asleep"]
+    if held <= 0 or freed < 0.5 * held:
+        raise AssertionError(f"sleep freed {freed:.2f} of the {held:.2f} GiB vLLM held")
+    if abs(m["woken"] - m["awake"]) > 0.1 * held:
+        raise AssertionError(f"wake-up came back to {m['woken'] - m['baseline']:.2f} GiB, not {held:.2f}")
+    return f"vLLM held {held:.2f} GiB, asleep {m['asleep'] - m['baseline']:.2f} GiB, woken {m['woken'] - m['baseline']:.2f} GiB, still generates"
 
 
 # ---------------------------------------------------------------------------
@@ -436,6 +445,12 @@ def versions() -> dict[str, str]:
     return found
 
 
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "learner-probe":
-    # python -m aharl.bench.doctor learner-probe MODEL ZERO_STAGE DEVICE PORT (one process per ZeRO stage)
-    print(json.dumps(learner_probe(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))), flush=True)
+if __name__ == "__main__" and len(sys.argv) > 1:
+    # The checks that need a process of their own call back into this module:
+    #   python -m aharl.bench.doctor learner-probe MODEL ZERO_STAGE DEVICE PORT
+    #   python -m aharl.bench.doctor sleep-wake-probe MODEL
+    if sys.argv[1] == "learner-probe":
+        print(json.dumps(learner_probe(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))), flush=True)
+    elif sys.argv[1] == "sleep-wake-probe":
+        print(json.dumps(sleep_wake_probe(sys.argv[2])), flush=True)
+        os._exit(0)  # vLLM's exit handlers can wait on its engine processes
