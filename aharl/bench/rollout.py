@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import threading
 import time
@@ -111,6 +112,9 @@ def run_requests(backend: str, engine, requests: Sequence[Request], eos_id: int 
 
 
 def _backend_main(backend: str, config: Config, device: str, requests: list[Request], queue) -> None:
+    # A process group of its own: vLLM's engine processes join it, so the parent
+    # can stop them all even after this process has exited (they outlive it).
+    os.setpgid(0, 0)
     try:
         engine = build_rollout_engine(config, device, backend)
         queue.put(("ok", [asdict(r) for r in run_requests(backend, engine, requests, engine.eos_id)]))
@@ -182,22 +186,20 @@ def run_backend(backend: str, config: Config, device: str, requests: list[Reques
 
 
 def _reap(process) -> None:
-    """Stop a backend process and everything it started (vLLM's engine core and workers)."""
-    import psutil
+    """Stop a backend process and everything it started (vLLM's engine core and workers).
 
-    try:
-        tree = psutil.Process(process.pid).children(recursive=True)
-    except psutil.Error:
-        tree = []
+    The backend leads its own process group, which its engine processes
+    inherit; the group is killed whole, so none is left behind even when the
+    backend exited first (its children then belong to init, not to it).
+    """
     process.join(timeout=10)
-    for child in tree:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
-    if process.is_alive():
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing of the group is left
+    if process.is_alive():  # it never got to lead its group
         process.kill()
-        process.join()
+    process.join()
 
 
 # ---------------------------------------------------------------------------
