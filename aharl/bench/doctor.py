@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import os
 import subprocess
@@ -158,7 +159,7 @@ def check_learner(zero_stage: int, model: Path, device: str) -> str:
     if done.returncode != 0:
         raise AssertionError(_last_line(done.stderr))
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    if not (found["loss"] == found["loss"] and abs(found["loss"]) < float("inf")):
+    if not math.isfinite(found["loss"]):
         raise AssertionError(f"loss is {found['loss']}")
     if found["moved"] <= 0:
         raise AssertionError("the update left every weight as it was")
@@ -265,7 +266,6 @@ def sync_gap(model: Path, out: Path, device: str, precision: str, *extra: str) -
     from aharl.modelhub import load_tokenizer
     from aharl.rollout.engine import SamplingSettings
     from aharl.runtime.cluster import Cluster
-    from aharl.runtime.placement import sync_method
     from aharl.types import ScoredGroup
 
     from aharl.runtime.ray_session import connect_ray
@@ -294,7 +294,7 @@ def sync_gap(model: Path, out: Path, device: str, precision: str, *extra: str) -
         stale = gap()
         cluster.sleep_rollout(keep_weights=False)
         cluster.sync_weights()
-        return stale, gap(), sync_method(config, device)
+        return stale, gap(), cluster.sync_choice.method
     finally:
         cluster.shutdown()
 
