@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from aharl.config import Config
 from aharl.errors import AharlError
 from aharl.runtime.logs import logged_actor
-from aharl.runtime.placement import ActorSlot, plan_layout, sync_method
+from aharl.runtime.placement import ActorSlot, plan_layout
 from aharl.rollout.engine import SamplingSettings, engine_class
 from aharl.rollout.vllm_engine import rollout_workers
 from aharl.runtime.rendezvous import rendezvous
@@ -61,7 +61,6 @@ class Cluster:
         self.config = config
         self.log_dir = log_dir
         self.layout = plan_layout(config, device)
-        sync_method(config, device)  # an explicit method that cannot work on this device fails here, in one line
         self.topology = probe_gpus(config) if device == "cuda" else Topology()
         self.sync_choice = choose_sync(config, device, self.topology)
         self.pg = placement_group(self.layout.bundles, strategy=self.layout.strategy)

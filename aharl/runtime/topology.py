@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aharl.config import Config
+from aharl.runtime.placement import sync_method
 
 # Card names NCCL's peer-to-peer path is unreliable on (disabled in the
 # driver, or routed through the CPU on PCIe-only boards).
@@ -56,19 +57,19 @@ def consumer_cards(names: tuple[str, ...]) -> bool:
 
 
 def choose_sync(config: Config, device: str, topology: Topology) -> SyncChoice:
-    """The decision table above, as a pure function of the config and what was found."""
+    """The decision table above: :func:`~aharl.runtime.placement.sync_method`'s answer for the layout
+    (which also refuses a pairing the device cannot run), adjusted by what the probe found."""
+    method = sync_method(config, device)
     explicit = config.sync.method != "auto"
     if device != "cuda" or config.rollout.backend == "hf":
-        method = config.sync.method if explicit else "shm"
         return SyncChoice(method, "CPU run" if device != "cuda" else "the HF rollout backend loads shared-memory files")
     if config.placement.layout == "colocate":
         if explicit:
-            return SyncChoice(config.sync.method, "set by sync.method")
+            return SyncChoice(method, "set by sync.method")
         if topology.cuda_ipc is False:
             where = "WSL" if topology.wsl else "this machine (a VM, MIG slice or driver setting)"
             return SyncChoice("shm", f"CUDA IPC is refused on {where}: staging the weights through shared memory")
-        return SyncChoice("cuda_ipc", "learner and vLLM share one GPU" + ("" if topology.cuda_ipc else "; CUDA IPC not probed"))
-    method = config.sync.method if explicit else "nccl"
+        return SyncChoice(method, "learner and vLLM share one GPU" + ("" if topology.cuda_ipc else "; CUDA IPC not probed"))
     if topology.peer_to_peer is False:
         return SyncChoice(method, "no peer-to-peer path between the GPUs: NCCL goes through host memory", {"NCCL_P2P_DISABLE": "1"})
     if topology.peer_to_peer is None and consumer_cards(topology.gpu_names):
