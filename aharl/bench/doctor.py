@@ -71,15 +71,20 @@ class Skip(Exception):
 # The model every check uses
 
 
-def build_doctor_model(directory: Path, device: str) -> Path:
-    """A random Qwen2-architecture model (tied embeddings, like Qwen2.5-0.5B) with SmolLM2's tokenizer."""
+def build_doctor_model(directory: Path, device: str, tokenizer_source: str | None = None) -> Path:
+    """A random Qwen2-architecture model (tied embeddings, like Qwen2.5-0.5B) with SmolLM2's tokenizer.
+
+    ``tokenizer_source`` is any directory holding a tokenizer with a chat
+    template; on a bare GPU machine that saves moving the 270 MB model that
+    SmolLM2's own tokenizer otherwise comes from.
+    """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from aharl.modelhub import SMOLLM2_ALIAS, load_tokenizer
 
     if (directory / "config.json").is_file():
         return directory
-    tokenizer = load_tokenizer(SMOLLM2_ALIAS)
+    tokenizer = _tokenizer_from(tokenizer_source) if tokenizer_source else load_tokenizer(SMOLLM2_ALIAS)
     torch.manual_seed(0)
     wide = device == "cuda"
     config = Qwen2Config(
@@ -98,6 +103,17 @@ def build_doctor_model(directory: Path, device: str) -> Path:
     Qwen2ForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def _tokenizer_from(directory: str):
+    from transformers import AutoTokenizer
+
+    if not (Path(directory) / "tokenizer_config.json").is_file():
+        raise AharlError(f"--tokenizer {directory} holds no tokenizer_config.json; pass a directory written by a tokenizer's save_pretrained")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def doctor_overrides(model: Path, out: Path, device: str, *extra: str) -> list[str]:
@@ -391,13 +407,18 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
-def run_checks(out: Path, device: str, only: tuple[str, ...] = CHECKS, print_fn: Callable[[str], None] = print) -> list[CheckResult]:
-    """Run the chosen checks in order, print a line for each, write ``doctor.json``; never raises for a failed check."""
+def run_checks(out: Path, device: str, only: tuple[str, ...] = CHECKS, print_fn: Callable[[str], None] = print,
+               tokenizer_source: str | None = None) -> list[CheckResult]:
+    """Run the chosen checks in the order given, print a line for each, never raise for a failed check.
+
+    ``doctor.json`` is rewritten after every check, so a run cut short (a
+    lease running out, a hung check killed) still leaves what it measured.
+    """
     unknown = [name for name in only if name not in CHECKS]
     if unknown:
         raise AharlError(f"unknown check {unknown[0]!r}; the checks are {', '.join(CHECKS)}")
     out.mkdir(parents=True, exist_ok=True)
-    model = build_doctor_model(out / "model", device)
+    model = build_doctor_model(out / "model", device, tokenizer_source)
     runs: dict[str, Callable[[], str]] = {
         "learner-zero2": lambda: check_learner(2, model, device),
         "learner-zero3": lambda: check_learner(3, model, device),
@@ -410,9 +431,7 @@ def run_checks(out: Path, device: str, only: tuple[str, ...] = CHECKS, print_fn:
         "nccl-2-gpus": lambda: check_nccl(model, out, device),
     }
     results = []
-    for name in CHECKS:
-        if name not in only:
-            continue
+    for name in dict.fromkeys(only):
         started = time.perf_counter()
         try:
             result = CheckResult(name, "PASS", runs[name]())
@@ -425,7 +444,7 @@ def run_checks(out: Path, device: str, only: tuple[str, ...] = CHECKS, print_fn:
         result.seconds = time.perf_counter() - started
         print_fn(result.line())
         results.append(result)
-    (out / "doctor.json").write_text(json.dumps({"device": device, "versions": versions(), "checks": [asdict(r) for r in results]}, indent=2))
+        (out / "doctor.json").write_text(json.dumps({"device": device, "versions": versions(), "checks": [asdict(r) for r in results]}, indent=2))
     return results
 
 

