@@ -23,13 +23,45 @@ shared=${AHARL_SHARED:-$repo/../shared}
 image=localhost/aharl:cpu-check
 project=aharl-check
 build_args=()
+compose=()
+engine=
 t_start=$(date +%s)
 phase() { echo "== $1 ($(( $(date +%s) - t_start ))s)"; }
+
+cleanup() {
+  status=$?
+  phase "cleanup"
+  [ ${#compose[@]} -eq 0 ] || "${compose[@]}" down -v -t 10 >/dev/null 2>&1 || true
+  [ -n "$engine" ] || exit $status
+  "$engine" rm -f aharl-check-offline >/dev/null 2>&1 || true
+  "$engine" volume rm -f "${project}_runs" "${project}_hf-cache" >/dev/null 2>&1 || true
+  "$engine" rmi -f "$image" >/dev/null 2>&1 || true
+  [ "${AHARL_LOCAL_BASE:-0}" != 1 ] || "$engine" rmi -f localhost/python:aharl-check >/dev/null 2>&1 || true
+  left=$("$engine" ps -a --format '{{.Names}}' | grep -c "^$project" || true)
+  images=$("$engine" images -q "$image" | wc -l)
+  echo "containers left: $left; images left: $images"
+  if [ -n "${store:-}" ]; then  # local-base mode: the whole store goes, build steps and base included
+    "$engine" rmi -a -f >/dev/null 2>&1 || true
+    rm -rf "$store"
+  fi
+  echo "docker/check.sh: $([ $status -eq 0 ] && echo passed || echo FAILED) in $(( $(date +%s) - t_start ))s"
+  exit $status
+}
+trap cleanup EXIT
+
 
 if [ "${AHARL_LOCAL_BASE:-0}" = 1 ]; then
   phase "podman and the local stand-in base"
   # shellcheck source=/dev/null
   . "$shared/containers/setup-podman.sh"
+  set -euo pipefail  # the setup script turns these off as it ends
+  engine=$(command -v podman)
+  # A storage of its own: podman keeps every build step as an image (GBs of
+  # them here); removing the whole store afterwards leaves nothing behind.
+  store=${CONTAINERS_WORK:-/tmp/containers-work}/aharl-check-store
+  mkdir -p "$store"
+  printf '[storage]\ndriver = "overlay"\ngraphroot = "%s/graph"\nrunroot = "%s/run"\n' "$store" "$store" > "$store/storage.conf"
+  export CONTAINERS_STORAGE_CONF=$store/storage.conf
   "$shared/containers/make-local-base.sh" bookworm localhost/python:aharl-check python3,python3-venv
   build_args+=(--build-arg BASE=localhost/python:aharl-check)
   # torch's CPU build lies on this machine's disk (PIP_FIND_LINKS); mounted for the build only.
@@ -38,7 +70,7 @@ if [ "${AHARL_LOCAL_BASE:-0}" = 1 ]; then
     build_args+=(--build-arg TORCH_INDEX= --build-arg "PIP_FIND_LINKS=$links" -v "$links:$links:ro")
   fi
 fi
-engine=${CONTAINER_ENGINE:-$(command -v podman || command -v docker)}
+engine=${CONTAINER_ENGINE:-$(command -v podman || command -v docker || true)}
 [ -n "$engine" ] || { echo "docker/check.sh: needs podman or docker (or AHARL_LOCAL_BASE=1 to install podman)"; exit 1; }
 if [ "$(basename "$engine")" = podman ]; then
   compose=(podman-compose)
@@ -55,27 +87,18 @@ ray_cli=${RAY_CLI:-$repo/.venv/bin/ray}
 [ -x "$ray_cli" ] || ray_cli=$(command -v ray || true)
 [ -n "$ray_cli" ] || { echo "docker/check.sh: needs Ray's CLI on the host for ray job submit (make env)"; exit 1; }
 
-cleanup() {
-  status=$?
-  phase "cleanup"
-  "${compose[@]}" down -v -t 10 >/dev/null 2>&1 || true
-  "$engine" rm -f aharl-check-offline >/dev/null 2>&1 || true
-  "$engine" volume rm -f "${project}_runs" "${project}_hf-cache" >/dev/null 2>&1 || true
-  "$engine" rmi -f "$image" >/dev/null 2>&1 || true
-  [ "${AHARL_LOCAL_BASE:-0}" = 1 ] && "$engine" rmi -f localhost/python:aharl-check >/dev/null 2>&1
-  "$engine" image prune -f >/dev/null 2>&1 || true
-  left=$("$engine" ps -a --format '{{.Names}}' | grep -c "^$project" || true)
-  echo "containers left: $left; images left: $("$engine" images -q "$image" | wc -l)"
-  echo "docker/check.sh: $([ $status -eq 0 ] && echo passed || echo FAILED) in $(( $(date +%s) - t_start ))s"
-  exit $status
-}
-trap cleanup EXIT
 
-phase "build $image"
-t0=$(date +%s)
-"$engine" build "${build_args[@]}" -t "$image" -f docker/Dockerfile.cpu . > /tmp/aharl-check-build.log 2>&1 \
-  || { tail -40 /tmp/aharl-check-build.log; echo "docker/check.sh: the CPU image did not build (log above)"; exit 1; }
-echo "built in $(( $(date +%s) - t0 ))s; $("$engine" image inspect "$image" --format '{{.Size}}' | awk '{printf "%.2f GB", $1/1e9}')"
+if [ -n "${AHARL_CHECK_PREBUILT:-}" ]; then
+  # iterating on this script or the compose file: an image already built from docker/Dockerfile.cpu
+  phase "using $AHARL_CHECK_PREBUILT as $image (no build)"
+  "$engine" tag "$AHARL_CHECK_PREBUILT" "$image"
+else
+  phase "build $image"
+  t0=$(date +%s)
+  "$engine" build "${build_args[@]}" -t "$image" -f docker/Dockerfile.cpu . > /tmp/aharl-check-build.log 2>&1 \
+    || { tail -40 /tmp/aharl-check-build.log; echo "docker/check.sh: the CPU image did not build (log above)"; exit 1; }
+  echo "built in $(( $(date +%s) - t0 ))s; $("$engine" image inspect "$image" --format '{{.Size}}' | awk '{printf "%.2f GB", $1/1e9}')"
+fi
 [ "$("$engine" run --rm "$image" id -u)" != 0 ] || { echo "docker/check.sh: the image runs as root"; exit 1; }
 # .dockerignore: the build context holds the code, not the venv, the runs, git or caches.
 probe=$(mktemp -d)
