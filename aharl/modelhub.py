@@ -41,14 +41,18 @@ def resolve_model_path(path: str) -> str:
 
 def load_tokenizer(path: str):
     """The model's tokenizer (with its chat template), as one clear error if it cannot load."""
+    return tokenizer_from(resolve_model_path(path), shown=path)
+
+
+def tokenizer_from(directory: str, shown: str | None = None):
+    """The tokenizer in ``directory`` (a model's or a tokenizer-only one), with a pad token."""
     from transformers import AutoTokenizer
 
-    resolved = resolve_model_path(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
     except Exception as exc:
         raise AharlError(
-            f"cannot load the tokenizer of {path!r} ({type(exc).__name__}); without network use a local "
+            f"cannot load the tokenizer of {shown or directory!r} ({type(exc).__name__}); without network use a local "
             f"directory or model.path={SMOLLM2_ALIAS}"
         ) from None
     if tokenizer.pad_token is None:

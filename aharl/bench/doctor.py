@@ -80,11 +80,11 @@ def build_doctor_model(directory: Path, device: str, tokenizer_source: str | Non
     """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from aharl.modelhub import SMOLLM2_ALIAS, load_tokenizer
+    from aharl.modelhub import SMOLLM2_ALIAS, load_tokenizer, tokenizer_from
 
     if (directory / "config.json").is_file():
         return directory
-    tokenizer = _tokenizer_from(tokenizer_source) if tokenizer_source else load_tokenizer(SMOLLM2_ALIAS)
+    tokenizer = tokenizer_from(tokenizer_source) if tokenizer_source else load_tokenizer(SMOLLM2_ALIAS)
     torch.manual_seed(0)
     wide = device == "cuda"
     config = Qwen2Config(
@@ -103,17 +103,6 @@ def build_doctor_model(directory: Path, device: str, tokenizer_source: str | Non
     Qwen2ForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
-
-
-def _tokenizer_from(directory: str):
-    from transformers import AutoTokenizer
-
-    if not (Path(directory) / "tokenizer_config.json").is_file():
-        raise AharlError(f"--tokenizer {directory} holds no tokenizer_config.json; pass a directory written by a tokenizer's save_pretrained")
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def doctor_overrides(model: Path, out: Path, device: str, *extra: str) -> list[str]:
