@@ -19,6 +19,11 @@ failure does not hide the others:
   no process behind.
 - ``rollout-throughput``: vLLM vs plain HF generate on identical requests.
 - ``nccl-2-gpus``: the separate layout's broadcast (two GPUs or more).
+- ``reference-shape``: a few training steps at the reference workload's
+  shape (a random model of Qwen2.5-0.5B's body, 4 prompts x 16 completions x
+  up to 200 tokens, bf16, ZeRO-2, gradient checkpointing, KL on, vLLM at 0.3
+  and asleep during the update): the step's time by phase and the learner's
+  peak memory (GPU only; on CPU it would take most of an hour).
 
 On CPU the GPU-only checks say SKIP and why. Results also go to
 ``doctor.json`` in the output directory.
@@ -49,7 +54,8 @@ from aharl.errors import AharlError
 # bf16: one rounding of the weights and activations on either side; 2.08e-2
 # measured on an H200 (doctor's random model, CUDA IPC sync; 3.02 stale).
 SYNC_BOUNDS = {"fp32": 1e-4, "bf16": 5e-2}
-CHECKS = ("learner-zero2", "learner-zero3", "ipc-round-trip", "sleep-wake", "sync-fp32", "sync-bf16", "train-3-steps", "rollout-throughput", "nccl-2-gpus")
+CHECKS = ("learner-zero2", "learner-zero3", "ipc-round-trip", "sleep-wake", "sync-fp32", "sync-bf16", "train-3-steps", "rollout-throughput", "nccl-2-gpus",
+          "reference-shape")
 
 
 @dataclass
@@ -101,6 +107,31 @@ def build_doctor_model(directory: Path, device: str, tokenizer_source: str | Non
         pad_token_id=tokenizer.pad_token_id,
     )
     Qwen2ForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_reference_shape_model(directory: Path, tokenizer_directory: Path) -> Path:
+    """Random weights in Qwen2.5-0.5B's body (24 layers, hidden 896, 14 heads, 2 KV heads, MLP 4864, tied embeddings).
+
+    The vocabulary is the tokenizer's (SmolLM2's 49,152 rows, not Qwen's
+    151,936): a sampled id must decode. That is 92 M fewer embedding
+    parameters (402 M in all against 494 M), stated wherever a figure is given.
+    """
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    if (directory / "config.json").is_file():
+        return directory
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_directory))
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="bfloat16",
+    )
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -366,6 +397,50 @@ def check_train(model: Path, out: Path, device: str) -> str:
 
 
 # ---------------------------------------------------------------------------
+# reference-shape (GPU)
+
+REFERENCE_SHAPE = ("rollout.n=16", "rollout.max_tokens=200", "rollout.temperature=0.9", "learner.prompts_per_step=4",
+                   "learner.micro_batch_prompts=1", "learner.gradient_checkpointing=true", "learner.zero_stage=2",
+                   "learner.precision=bf16", "model.dtype=bfloat16", "grpo.beta=0.04", "rollout.gpu_memory_utilization=0.3",
+                   "learner.max_steps=5", "eval.num_questions=0", "eval.every_steps=0", "checkpoint.every_steps=1000",
+                   "logging.wandb_mode=off")
+
+
+def check_reference_shape(model: Path, out: Path, device: str) -> str:
+    if device != "cuda":
+        raise Skip("needs a GPU (the reference shape takes most of an hour on CPU)")
+    return train_and_summarise(build_reference_shape_model(out / "model-qwen2.5-0.5b-shape", model), out, device, REFERENCE_SHAPE)
+
+
+def train_and_summarise(model: Path, out: Path, device: str, overrides: tuple[str, ...]) -> str:
+    """``aharl train quickstart`` on ``model`` with ``overrides``; the median step after the first, by phase."""
+    command = [sys.executable, "-m", "aharl.cli.main", "train", "quickstart", f"model.path={model}", f"placement.device={device}",
+               f"logging.output_dir={out}", "logging.run_name=reference-shape", *overrides]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1500)
+    seconds = time.perf_counter() - started
+    (out / "reference-shape.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}: {_last_line(done.stderr or done.stdout)}")
+    rows = [json.loads(line) for line in (out / "reference-shape" / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "reward/total" in row][1:]  # the first step pays for warm-up
+    if not steps:
+        raise AssertionError("no step after the first was logged")
+
+    def median(key: str) -> float:
+        values = sorted(row.get(key, float("nan")) for row in steps)
+        return values[len(values) // 2]
+
+    peak = max(row.get("memory/learner_peak_gib", float("nan")) for row in steps)
+    worst = max(row["sync/logp_diff"] for row in steps)
+    return (f"{len(steps) + 1} steps in {seconds:.0f}s; median step {median('time/step'):.2f}s = generate {median('time/generate'):.2f}"
+            f" + reward {median('time/reward'):.2f} + reference {median('time/reference'):.2f} + update {median('time/train'):.2f}"
+            f" + sync {median('time/sync'):.2f}; completions {median('completion/length'):.0f} tokens; learner peak {peak:.2f} GiB;"
+            f" sync/logp_diff <= {worst:.1e}")
+
+
+# ---------------------------------------------------------------------------
 # rollout-throughput
 
 
@@ -418,6 +493,7 @@ def run_checks(out: Path, device: str, only: tuple[str, ...] = CHECKS, print_fn:
         "train-3-steps": lambda: check_train(model, out, device),
         "rollout-throughput": lambda: check_rollout(model, out, device),
         "nccl-2-gpus": lambda: check_nccl(model, out, device),
+        "reference-shape": lambda: check_reference_shape(model, out, device),
     }
     results = []
     for name in dict.fromkeys(only):

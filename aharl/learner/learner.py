@@ -50,6 +50,18 @@ def deepspeed_config(config: Config, dtype: torch.dtype, world_size: int) -> dic
     return ds
 
 
+def peak_memory_gib(device: str) -> float:
+    """The learner's peak memory: this step's allocator peak on a GPU, the process's resident peak so far on CPU.
+
+    What a memory plan is checked against; on CPU it is the lifetime high-water mark (``ru_maxrss``).
+    """
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 # DeepSpeed's name for its CPU shared-memory all-reduce op (``ShareMemCommBuilder.NAME``).
 CPU_SHM_COMM_OP = "deepspeed_shm_comm"
 
@@ -171,6 +183,8 @@ class Learner:
         of the full-batch loss (see :mod:`aharl.grpo.loss`).
         """
         cfg = self.config.grpo
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         batches = [mb.to(self.device) for mb in micro_batches]
         timings = {"time/reference": 0.0, "time/train": 0.0}
 
@@ -232,6 +246,7 @@ class Learner:
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics.update(timings)
+        metrics["memory/learner_peak_gib"] = peak_memory_gib(self.device)
         if self.device == "cuda":
             # Hand the activations' cached blocks back: a colocated vLLM wakes its
             # KV cache next and sizes nothing below what it had (OOM on 24 GB).
