@@ -49,11 +49,14 @@ import torch
 
 from aharl.errors import AharlError
 
-# Largest learner-vs-vLLM log-prob gap after a sync. fp32: kernels and
-# summation order differ (~1e-6 measured on CPU; a stale weight is ~1e-1).
+# Largest learner-vs-vLLM log-prob gap after a sync, by (precision, device);
+# a stale weight gives ~1 or more. fp32 on CPU: kernels and summation order
+# differ (~1e-6 measured). fp32 on a GPU: 5.62e-4 measured on an H200, the
+# same with cuBLAS TF32 forced off (NVIDIA_TF32_OVERRIDE=0), so not the
+# matmuls; most likely vLLM's fp32 attention kernel (not verified). Stale: 3.14.
 # bf16: one rounding of the weights and activations on either side; 2.08e-2
 # measured on an H200 (doctor's random model, CUDA IPC sync; 3.02 stale).
-SYNC_BOUNDS = {"fp32": 1e-4, "bf16": 5e-2}
+SYNC_BOUNDS = {("fp32", "cpu"): 1e-4, ("fp32", "cuda"): 2e-3, ("bf16", "cuda"): 5e-2}
 CHECKS = ("learner-zero2", "learner-zero3", "ipc-round-trip", "sleep-wake", "sync-fp32", "sync-bf16", "train-3-steps", "rollout-throughput", "nccl-2-gpus",
           "reference-shape")
 
@@ -339,7 +342,7 @@ def check_sync(model: Path, out: Path, device: str, precision: str) -> str:
     if precision == "bf16" and device != "cuda":
         raise Skip("bf16 sync is a GPU path (CPU runs fp32)")
     stale, after, method = sync_gap(model, out, device, precision)
-    bound = SYNC_BOUNDS[precision]
+    bound = SYNC_BOUNDS[(precision, device)]
     if after > bound:
         raise AssertionError(f"{method}: max |learner - vLLM| log-prob {after:.2e} after the sync, above {bound:g} (before it: {stale:.2e})")
     if stale <= bound:
@@ -351,7 +354,7 @@ def check_nccl(model: Path, out: Path, device: str) -> str:
     if device != "cuda" or torch.cuda.device_count() < 2:
         raise Skip("needs 2 GPUs (learner and rollout on their own GPUs)")
     stale, after, method = sync_gap(model, out, device, "bf16", "placement.layout=separate", "sync.method=nccl")
-    if after > SYNC_BOUNDS["bf16"]:
+    if after > SYNC_BOUNDS[("bf16", "cuda")]:
         raise AssertionError(f"nccl: gap {after:.2e} after the sync (before: {stale:.2e})")
     return f"{method}: gap {after:.2e} after the sync ({stale:.2e} before)"
 
