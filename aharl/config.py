@@ -85,6 +85,9 @@ class RolloutConfig:
     # Colocated layout: free vLLM's memory while the learner updates.
     sleep_during_update: bool = True
     enforce_eager: bool = False
+    # Data-parallel rollout engines: a step's prompts are split across them
+    # in order, and every engine receives every weight sync.
+    num_engines: int = 1
 
 
 @dataclass
@@ -154,12 +157,19 @@ class GRPOConfig:
 class PlacementConfig:
     """Which devices the rollout engine and the learner run on."""
 
-    # ``colocate``: rollout and learner share the learner's GPUs; ``separate``:
-    # rollout gets its own.
+    # ``colocate``: rollout engines and learner ranks share the learner's GPUs
+    # (engine e beside rank e); ``separate``: each engine gets GPUs of its own.
     layout: Literal["colocate", "separate"] = "colocate"
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    # Data-parallel learner ranks: one GPU each (on CPU, one process each).
     learner_gpus: int = 1
+    # GPUs per rollout engine in the separate layout (its tensor-parallel size).
     rollout_gpus: int = 1
+    # Ray custom resources each learner / rollout bundle also asks for, to pin
+    # them to nodes that advertise them (``ray start --resources``), e.g.
+    # ``{"learner_node": 0.01}``.
+    learner_resources: dict[str, float] = field(default_factory=dict)
+    rollout_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -572,6 +582,16 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
         f"= {p.rollout_gpus} applies to the separate layout only (colocated vLLM shares learner rank 0's GPU)",
         "use placement.layout=separate for a tensor-parallel rollout engine, or leave rollout_gpus at 1",
     )
+    require(r.num_engines >= 1, "rollout.num_engines", f"= {r.num_engines} must be at least 1", "set it to 1 or more")
+    require(
+        r.num_engines <= c.learner.prompts_per_step, "rollout.num_engines",
+        f"= {r.num_engines} is more engines than the {c.learner.prompts_per_step} prompts of a step",
+        "lower rollout.num_engines or raise learner.prompts_per_step",
+    )
+    for name, resources in (("learner_resources", p.learner_resources), ("rollout_resources", p.rollout_resources)):
+        bad = [k for k, v in resources.items() if k in ("CPU", "GPU", "memory") or not isinstance(v, (int, float)) or v <= 0]
+        require(not bad, f"placement.{name}", f"has {bad[0] if bad else ''!r}: it takes custom resource names with positive amounts",
+                "name resources your nodes advertise with `ray start --resources`, e.g. {learner_node: 0.01}")
     require(c.sync.interval_steps >= 1, "sync.interval_steps", f"= {c.sync.interval_steps} must be at least 1", "set it to 1 to sync after every update")
     require(c.sync.bucket_mb >= 1, "sync.bucket_mb", f"= {c.sync.bucket_mb} must be at least 1", "set it to e.g. 512")
     require(c.sync.timeout_s > 0, "sync.timeout_s", f"= {c.sync.timeout_s} must be positive", "set it to e.g. 600")

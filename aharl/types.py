@@ -37,6 +37,7 @@ class RolloutGroup:
 
     prompt: Prompt
     completions: list[Completion]
+    engine: int = 0  # which rollout engine sampled it (per-engine sync checks)
 
 
 @dataclass

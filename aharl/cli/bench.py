@@ -80,3 +80,26 @@ def bench_step(args: argparse.Namespace) -> int:
     print(table, end="")
     print(f"wrote {out}/step.json, step.md, step.png")
     return 0
+
+
+def bench_scaling(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aharl.bench import scaling as bench
+
+    shapes = bench.parse_shapes(args.shapes)
+    if args.steps < 1:
+        raise AharlError("--steps must be at least 1")
+    config = load_run_config(args.config, [f"logging.output_dir={args.out}", "logging.run_name=bench-scaling", *args.overrides])
+    results = {}
+    for shape in shapes:
+        print(f"{shape} (learner ranks x rollout engines): {args.steps} steps", flush=True)
+        results[str(shape)] = bench.run_shape(config, shape, args.steps)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = bench.markdown(results, args.steps)
+    (out / "scaling.json").write_text(json.dumps({"config": config.to_dict(), "results": results}, indent=2))
+    (out / "scaling.md").write_text(table)
+    print(table)
+    print(f"wrote {out}/scaling.json, scaling.md")
+    return 0

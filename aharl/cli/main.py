@@ -68,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("overrides", nargs="*")
     step.set_defaults(run=_bench_step)
 
+    scaling = bench.add_parser("scaling", help="the same run at several learner ranks x rollout engines, side by side")
+    scaling.add_argument("--config", default="quickstart", help="a shipped config's name or a file")
+    scaling.add_argument("--shapes", default="1x1,2x1,1x2,2x2", help="learner ranks x rollout engines, comma-separated")
+    scaling.add_argument("--steps", type=int, default=3, help="steps per shape; the first is reported as warm-up")
+    scaling.add_argument("--out", default="runs/bench-scaling")
+    scaling.add_argument("overrides", nargs="*")
+    scaling.set_defaults(run=_bench_scaling)
+
     doctor = commands.add_parser("doctor", help="check the GPU paths on this machine (the CPU subset without a GPU): a PASS/FAIL/SKIP line each")
     doctor.add_argument("--out", default="runs/doctor", help="where the model, logs and doctor.json go")
     doctor.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -160,6 +168,12 @@ def _bench_step(args: argparse.Namespace) -> int:
     from aharl.cli.bench import bench_step
 
     return bench_step(args)
+
+
+def _bench_scaling(args: argparse.Namespace) -> int:
+    from aharl.cli.bench import bench_scaling
+
+    return bench_scaling(args)
 
 
 def _rewards_score(args: argparse.Namespace) -> int:

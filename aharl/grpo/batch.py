@@ -10,7 +10,7 @@ prompt sees the same positions it had in vLLM, which pads nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -27,6 +27,8 @@ class MicroBatch:
     completion_mask: torch.Tensor  # [S, C], 1 on real completion tokens
     rollout_logp: torch.Tensor  # [S, C], the sampler's log-probs (0 on padding)
     advantages: torch.Tensor  # [S]
+    # [S] long: the rollout engine each sequence came from; empty when unknown (engine 0).
+    engine: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @property
     def completion_len(self) -> int:
@@ -75,19 +77,34 @@ def build_micro_batches(
     offset = 0
     for start in range(0, len(scored), groups_per_micro_batch):
         chunk = scored[start : start + groups_per_micro_batch]
-        prompts, completions, logps = [], [], []
+        prompts, completions, logps, engines = [], [], [], []
         for sg in chunk:
             for c in sg.group.completions:
                 prompts.append(sg.group.prompt.token_ids)
                 completions.append(c.token_ids)
                 logps.append(c.logprobs)
+                engines.append(sg.group.engine)
         input_ids, attention, positions, comp_ids, comp_mask = pad_sequences(prompts, completions, pad_id)
         rollout_logp = torch.zeros(comp_ids.shape, dtype=torch.float32)  # [S, C]
         for i, lp in enumerate(logps):
             rollout_logp[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
         count = len(completions)
         batches.append(
-            MicroBatch(input_ids, attention, positions, comp_ids, comp_mask, rollout_logp, advantages[offset : offset + count].float())
+            MicroBatch(input_ids, attention, positions, comp_ids, comp_mask, rollout_logp, advantages[offset : offset + count].float(),
+                       torch.tensor(engines, dtype=torch.long))
         )
         offset += count
     return batches
+
+
+def rank_share(micro_batches: Sequence[MicroBatch], rank: int, world_size: int) -> list[MicroBatch]:
+    """Data-parallel rank ``rank``'s contiguous, equal share of a step's micro-batches.
+
+    The config requires the count to divide evenly; the loss of each
+    micro-batch is already its share of the whole step's (the step's
+    sequence and token counts go to every rank), so no rank rescales it.
+    """
+    if len(micro_batches) % world_size:
+        raise ValueError(f"{len(micro_batches)} micro-batches do not split over {world_size} ranks")
+    share = len(micro_batches) // world_size
+    return list(micro_batches[rank * share : (rank + 1) * share])

@@ -62,6 +62,15 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def sync_metrics(diff_sums: dict[int, float], tokens: dict[int, float], num_engines: int) -> dict[str, float]:
+    """``sync/logp_diff``: the worst engine's mean |learner - rollout| log-prob per token; one more key per engine when there are several."""
+    means = {engine: diff_sums[engine] / max(tokens[engine], 1.0) for engine in diff_sums}
+    metrics = {"sync/logp_diff": max(means.values(), default=0.0)}
+    if num_engines > 1:
+        metrics.update({f"sync/logp_diff/engine{engine}": mean for engine, mean in sorted(means.items())})
+    return metrics
+
+
 # DeepSpeed's name for its CPU shared-memory all-reduce op (``ShareMemCommBuilder.NAME``).
 CPU_SHM_COMM_OP = "deepspeed_shm_comm"
 
@@ -103,8 +112,9 @@ class Learner:
         self.device = resolve_device(config)
         self.dtype = training_dtype(config, self.device)
         if self.device == "cpu":
-            # Generation and the update take turns, so the update may use every core.
-            torch.set_num_threads(os.cpu_count() or 1)
+            # Generation and the update take turns, so the update may use every
+            # core; ranks update at the same time, so they divide the cores.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         os.environ.update(
             {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_address, "MASTER_PORT": str(master_port)}
         )
@@ -199,7 +209,8 @@ class Learner:
         old_logps: list[torch.Tensor | None] = [None] * len(batches)
         sums: dict[str, float] = {}
         weight: dict[str, float] = {}
-        sync_diff_sum, sync_tokens = 0.0, 0.0
+        sync_diff: dict[int, float] = {}  # engine -> sum over tokens of |learner - rollout| log-prob
+        sync_tokens: dict[int, float] = {}
         # DeepSpeed divides each micro-batch loss by its accumulation count;
         # the losses here are already shares of the full batch, so undo that.
         scale = self.engine.gradient_accumulation_steps() * self.world_size
@@ -210,9 +221,11 @@ class Learner:
                 if update == 0:
                     # Before any update this is the policy that sampled: it must
                     # equal the rollout engine's log-probs if the last sync worked.
-                    diff = ((logp.detach() - mb.rollout_logp).abs() * mask).sum().item()
-                    sync_diff_sum += diff
-                    sync_tokens += mask.sum().item()
+                    gaps = ((logp.detach() - mb.rollout_logp).abs() * mask).sum(dim=1)  # [S]
+                    engines = mb.engine.tolist() if mb.engine.numel() else [0] * len(gaps)
+                    for engine, gap, tokens in zip(engines, gaps.tolist(), mask.sum(dim=1).tolist()):
+                        sync_diff[engine] = sync_diff.get(engine, 0.0) + gap
+                        sync_tokens[engine] = sync_tokens.get(engine, 0.0) + tokens
                     if cfg.updates_per_batch > 1:
                         old_logps[i] = logp.detach()
                 out = grpo_loss(
@@ -241,7 +254,10 @@ class Learner:
         timings["time/train"] = time.perf_counter() - started
 
         metrics = {key: sums[key] / (weight[key] if key != "loss" else cfg.updates_per_batch) for key in sums}
-        metrics["sync/logp_diff"] = sync_diff_sum / max(sync_tokens, 1.0)
+        metrics.update(sync_metrics(sync_diff, sync_tokens, self.config.rollout.num_engines))
+        for engine in sync_diff:  # raw sums, so the driver can pool them over ranks (Cluster.train_step)
+            metrics[f"_sync/diff_sum/{engine}"] = sync_diff[engine]
+            metrics[f"_sync/tokens/{engine}"] = sync_tokens[engine]
         grad_norm = self.engine.get_global_grad_norm()
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -256,12 +272,14 @@ class Learner:
     # ------------------------------------------------------------------
     # Weights out
 
-    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full (gathered) parameters under their HF names; tied weights once."""
+    def named_weights(self, only: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full (gathered) parameters under their HF names; tied weights once. ``only``: just these names (one bucket)."""
         import deepspeed
 
         module = self.engine.module
         for name, param in module.named_parameters():
+            if only is not None and name not in only:
+                continue
             if self.config.learner.zero_stage == 3:
                 with deepspeed.zero.GatheredParameters([param]):
                     yield name, param.data.detach().clone()
@@ -283,14 +301,15 @@ class Learner:
             return []
         return shm.send(weights, self.weight_buckets(), directory)
 
-    def export_cuda_ipc_bucket(self, index: int) -> dict[str, Any]:
+    def export_cuda_ipc_bucket(self, index: int, serve: bool = False) -> dict[str, Any]:
         """Sender side of :mod:`aharl.sync.cuda_ipc` (on CPU, its shared-memory twin): bucket ``index``'s handle.
 
-        The buffer is kept until :meth:`release_cuda_ipc`.
+        Every rank gathers the bucket (collective under ZeRO-3); rank 0 and a
+        rank with ``serve`` (a colocated engine on its GPU) pack it. The
+        buffer is kept until :meth:`release_cuda_ipc`.
         """
-        names = set(self.weight_buckets()[index])
-        selected = [(n, t) for n, t in self.named_weights() if n in names]
-        if self.rank != 0:
+        selected = list(self.named_weights(set(self.weight_buckets()[index])))
+        if self.rank != 0 and not serve:
             return {}
         buffer, handle = cuda_ipc.send(selected, shm.shared_memory_dir())
         self._ipc_buffers.append(buffer)

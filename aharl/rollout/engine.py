@@ -26,6 +26,15 @@ class SamplingSettings:
         # A different seed per step: the same seed would resample the same noise.
         return cls(config.n, config.temperature, config.top_p, config.max_tokens, config.seed + step)
 
+    def prompt_seed(self, prompt_index: int) -> int:
+        """The seed of one prompt's group: the step's seed and the prompt's index, nothing else.
+
+        A group then does not depend on which engine sampled it or what else
+        was in that engine's batch, so a run samples the same groups with one
+        rollout engine or several.
+        """
+        return (self.seed * 1_000_003 + prompt_index) % 2**63
+
 
 class RolloutEngine(Protocol):
     """Every method the runtime, the evaluation and the benchmarks call on a rollout backend.

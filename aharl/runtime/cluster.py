@@ -12,20 +12,20 @@ from pathlib import Path
 from typing import Sequence
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from aharl.config import Config
 from aharl.errors import AharlError
 from aharl.runtime.logs import logged_actor
-from aharl.runtime.placement import ActorSlot, plan_layout
+from aharl.runtime.placement import ActorSlot, Layout, plan_layout
 from aharl.rollout.engine import SamplingSettings, engine_class
-from aharl.rollout.vllm_engine import rollout_workers
+from aharl.rollout.vllm_engine import CORE_SHARE_ENV, rollout_workers
 from aharl.runtime.rendezvous import rendezvous
-from aharl.runtime.topology import Topology, choose_sync, probe_topology
+from aharl.runtime.topology import SyncChoice, Topology, choose_sync, probe_topology
 from aharl.runtime.weight_sync import TRANSPORTS, wait_for
-from aharl.grpo.batch import MicroBatch
-from aharl.learner.learner import Learner
+from aharl.grpo.batch import MicroBatch, rank_share
+from aharl.learner.learner import Learner, sync_metrics
 from aharl.types import Prompt, RolloutGroup
 
 PLACEMENT_TIMEOUT_S = 120
@@ -55,6 +55,75 @@ def probe_gpus(config: Config, timeout_s: float = 180) -> Topology:
         return Topology()
 
 
+def split_evenly(items: list, parts: int) -> list[list]:
+    """``items`` in ``parts`` contiguous runs whose sizes differ by at most one (earlier runs longer)."""
+    size, extra = divmod(len(items), parts)
+    runs, start = [], 0
+    for part in range(parts):
+        end = start + size + (1 if part < extra else 0)
+        runs.append(items[start:end])
+        start = end
+    return runs
+
+
+def pool_rank_metrics(results: list[dict[str, float]], num_engines: int) -> dict[str, float]:
+    """One step's metrics from every learner rank's: the loss adds up (each rank's is its share of the whole),
+    the sync gap is pooled per engine over all ranks' tokens, the rest are means over ranks."""
+    raw = [{k: v for k, v in r.items() if k.startswith("_sync/")} for r in results]
+    plain = [{k: v for k, v in r.items() if not k.startswith("_sync/") and not k.startswith("sync/logp_diff")} for r in results]
+    merged = {k: sum(r[k] for r in plain) / len(plain) for k in plain[0]}
+    merged["loss"] = sum(r["loss"] for r in plain)
+    diffs: dict[int, float] = {}
+    tokens: dict[int, float] = {}
+    for rank in raw:
+        for key, value in rank.items():
+            kind, engine = key.rsplit("/", 1)[0], int(key.rsplit("/", 1)[1])
+            target = diffs if kind == "_sync/diff_sum" else tokens
+            target[engine] = target.get(engine, 0.0) + value
+    merged.update(sync_metrics(diffs, tokens, num_engines))
+    return merged
+
+
+def engine_core_shares(engine_nodes: list[str]) -> dict[int, dict[str, str]]:
+    """CPU engines: each one's place among the engines on its node, for :func:`aharl.rollout.vllm_engine.core_share`."""
+    shares = {}
+    for e, node in enumerate(engine_nodes):
+        same = [i for i, other in enumerate(engine_nodes) if other == node]
+        shares[e] = {CORE_SHARE_ENV: f"{same.index(e)}/{len(same)}"}
+    return shares
+
+
+def bundle_nodes(pg) -> dict[int, str]:
+    """Placement bundle index -> the Ray node id holding it."""
+    return {int(index): node for index, node in placement_group_table(pg)["bundles_to_node_id"].items()}
+
+
+def across_nodes(choice: SyncChoice, config: Config, layout: Layout, nodes: dict[int, str]) -> SyncChoice:
+    """The sync choice, revised where a rollout engine landed on another node than the learner rank that feeds it.
+
+    ``shm`` needs every engine on learner rank 0's node (it writes the
+    files); ``cuda_ipc`` needs engine ``e`` on the node of the rank that packs
+    its buckets. Across nodes only the collective transport works: ``auto``
+    switches to it (said in the sync line), an explicit method is refused.
+    """
+    learner_nodes = [nodes[slot.bundle_index] for slot in layout.learners]
+    engine_nodes = [nodes[slot.bundle_index] for slot in layout.rollouts]
+    if choice.method == "shm":
+        apart = [e for e, node in enumerate(engine_nodes) if node != learner_nodes[0]]
+    elif choice.method == "cuda_ipc":
+        apart = [e for e, node in enumerate(engine_nodes) if node != learner_nodes[e if e < len(learner_nodes) else 0]]
+    else:
+        return choice
+    if not apart:
+        return choice
+    if config.sync.method != "auto":
+        raise AharlError(
+            f"sync.method={config.sync.method} needs each rollout engine on its learner's node, but engine {apart[0]} was placed on "
+            "another node; use sync.method=auto (the collective transport across nodes) or pin both with placement.*_resources"
+        )
+    return SyncChoice("nccl", f"rollout engine {apart[0]} is on another node than its learner: collective transport across nodes", choice.env)
+
+
 class Cluster:
     def __init__(self, config: Config, device: str, total_steps: int, run_id: str, log_dir: Path | None = None) -> None:
         """``log_dir``: where the actors' output goes (:mod:`aharl.runtime.logs`); ``None`` streams it to the driver."""
@@ -70,11 +139,18 @@ class Cluster:
                 f"the cluster cannot place {self.layout.bundles} within {PLACEMENT_TIMEOUT_S}s "
                 f"(it has {ray.cluster_resources()}); lower placement.learner_gpus / rollout_gpus or use placement.layout=colocate"
             )
-        # The rollout engine starts first: on a shared GPU vLLM sizes its
+        nodes = bundle_nodes(self.pg)
+        self.sync_choice = across_nodes(self.sync_choice, config, self.layout, nodes)
+        # The rollout engines start first: on a shared GPU vLLM sizes its
         # KV cache from the free memory it sees.
         env = self.sync_choice.env
-        self.rollout = self._place(engine_class(config.rollout.backend), self.layout.rollout, "rollout", {**rollout_env(), **env}).remote(config, device)
-        ray.get(self.rollout.parameter_checksum.remote())
+        engine_cls = engine_class(config.rollout.backend)
+        shares = engine_core_shares([nodes[slot.bundle_index] for slot in self.layout.rollouts]) if device != "cuda" else {}
+        self.rollouts = [
+            self._place(engine_cls, slot, "rollout" if e == 0 else f"rollout-{e}", {**rollout_env(), **env, **shares.get(e, {})}).remote(config, device)
+            for e, slot in enumerate(self.layout.rollouts)
+        ]
+        ray.get([rollout.parameter_checksum.remote() for rollout in self.rollouts])
         # DeepSpeed's group meets at learner rank 0's node.
         learner_bundles = [slot.bundle_index for slot in self.layout.learners]
         address, port = rendezvous(self.pg, learner_bundles[0], learner_bundles, PLACEMENT_TIMEOUT_S)
@@ -84,14 +160,20 @@ class Cluster:
             for rank, slot in enumerate(self.layout.learners)
         ]
         ray.get([learner.parameter_checksum.remote() for learner in self.learners])
+        rollout_bundles = [slot.bundle_index for slot in self.layout.rollouts]
 
         def meet() -> tuple[str, int]:
             """The weight broadcast's group (nccl) meets at learner rank 0's node too: rank 0 hosts it."""
-            return rendezvous(self.pg, learner_bundles[0], [self.layout.rollout.bundle_index], config.sync.timeout_s)
+            return rendezvous(self.pg, learner_bundles[0], rollout_bundles, config.sync.timeout_s)
 
         self.sync = TRANSPORTS[self.sync_choice.method](
-            self.learners, self.rollout, run_id, config.sync.timeout_s, rollout_workers(config, device), meet
+            self.learners, self.rollouts, run_id, config.sync.timeout_s, rollout_workers(config, device), meet
         )
+
+    @property
+    def rollout(self):
+        """The first rollout engine (the only one unless ``rollout.num_engines`` > 1)."""
+        return self.rollouts[0]
 
     def _place(self, cls, slot: ActorSlot, role: str, env_vars: dict[str, str] | None = None):
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=slot.bundle_index)
@@ -102,45 +184,47 @@ class Cluster:
         return ray.remote(logged_actor(cls, log_file)).options(**options)
 
     def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
-        return ray.get(self.rollout.generate.remote(list(prompts), settings))
+        """The prompts split in order across the engines, the groups gathered back in the same order, each tagged with its engine."""
+        shares = split_evenly(list(prompts), len(self.rollouts))
+        calls = [(e, rollout.generate.remote(share, settings)) for e, (rollout, share) in enumerate(zip(self.rollouts, shares)) if share]
+        groups = []
+        for engine, ref in calls:
+            for group in ray.get(ref):
+                group.engine = engine
+                groups.append(group)
+        return groups
 
     def train_step(self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float) -> dict[str, float]:
-        """Each learner rank takes an equal, contiguous share of the micro-batches."""
+        """Each learner rank takes an equal, contiguous share of the micro-batches; their metrics are pooled."""
         world = len(self.learners)
-        share = len(micro_batches) // world
         results = ray.get(
-            [
-                learner.train_step.remote(list(micro_batches[r * share : (r + 1) * share]), num_sequences, num_tokens)
-                for r, learner in enumerate(self.learners)
-            ]
+            [learner.train_step.remote(rank_share(micro_batches, r, world), num_sequences, num_tokens) for r, learner in enumerate(self.learners)]
         )
-        merged = {k: sum(r[k] for r in results) / world for k in results[0]}
-        merged["loss"] = sum(r["loss"] for r in results)  # each rank's loss is its share of the whole
-        return merged
+        return pool_rank_metrics(results, self.config.rollout.num_engines)
 
     def sleep_rollout(self, keep_weights: bool = True) -> None:
-        """Free the rollout engine's GPU memory for the update; ``keep_weights=False`` when a sync follows."""
-        ray.get(self.rollout.sleep.remote(keep_weights))
+        """Free the rollout engines' GPU memory for the update; ``keep_weights=False`` when a sync follows."""
+        ray.get([rollout.sleep.remote(keep_weights) for rollout in self.rollouts])
 
     def sync_weights(self) -> dict[str, float]:
-        """Wake the weights, overwrite them with the learner's, then restore the KV cache."""
+        """Wake the weights, overwrite them with the learner's, then restore the KV caches (every engine)."""
         timeout = self.config.sync.timeout_s
-        wait_for(self.rollout.wake_weights.remote(), "rollout wakes its weights", timeout)
+        wait_for([rollout.wake_weights.remote() for rollout in self.rollouts], "rollout wakes its weights", timeout)
         metrics = self.sync()
-        wait_for(self.rollout.wake_kv_cache.remote(), "rollout wakes its KV cache", timeout)
+        wait_for([rollout.wake_kv_cache.remote() for rollout in self.rollouts], "rollout wakes its KV cache", timeout)
         return metrics
 
     def wake_rollout(self) -> None:
-        ray.get(self.rollout.wake_weights.remote())
-        ray.get(self.rollout.wake_kv_cache.remote())
+        ray.get([rollout.wake_weights.remote() for rollout in self.rollouts])
+        ray.get([rollout.wake_kv_cache.remote() for rollout in self.rollouts])
 
     def learner_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
         """Rank 0's answer; every rank runs the forward, which is collective under ZeRO-3."""
         calls = [learner.completion_logprobs.remote(prompt_ids, completion_ids) for learner in self.learners]
         return ray.get(calls)[0]
 
-    def rollout_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
-        return ray.get(self.rollout.completion_logprobs.remote(prompt_ids, completion_ids))
+    def rollout_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], engine: int = 0) -> list[list[float]]:
+        return ray.get(self.rollouts[engine].completion_logprobs.remote(prompt_ids, completion_ids))
 
     def export_policy(self, directory: str) -> str:
         return ray.get([learner.export_hf.remote(directory) for learner in self.learners])[0]
@@ -153,6 +237,6 @@ class Cluster:
         ray.get([learner.load_state.remote(directory) for learner in self.learners])
 
     def shutdown(self) -> None:
-        for actor in [self.rollout, *self.learners]:
+        for actor in [*self.rollouts, *self.learners]:
             ray.kill(actor, no_restart=True)
         remove_placement_group(self.pg)

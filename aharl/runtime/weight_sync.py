@@ -46,9 +46,10 @@ def loopback_meeting() -> tuple[str, int]:
 class WeightSync:
     """One transport's choreography; ``__call__`` moves the weights once and reports metrics.
 
-    ``rollout_workers``: the rollout engine's worker processes (its
-    tensor-parallel size); ``meet``: where a group hosted by learner rank 0
-    meets (:mod:`aharl.runtime.rendezvous`).
+    ``rollouts``: every rollout engine (each receives every sync);
+    ``rollout_workers``: one engine's worker processes (its tensor-parallel
+    size); ``meet``: where a group hosted by learner rank 0 meets
+    (:mod:`aharl.runtime.rendezvous`).
     """
 
     method: str
@@ -56,14 +57,14 @@ class WeightSync:
     def __init__(
         self,
         learners: list[Any],
-        rollout: Any,
+        rollouts: list[Any],
         run_id: str,
         timeout_s: float = 600.0,
         rollout_workers: int = 1,
         meet: Callable[[], tuple[str, int]] = loopback_meeting,
     ) -> None:
         self.learners = learners
-        self.rollout = rollout
+        self.rollouts = rollouts
         self.run_id = run_id
         self.timeout_s = timeout_s
         self.rollout_workers = rollout_workers
@@ -83,7 +84,7 @@ class WeightSync:
 
 
 class ShmSync(WeightSync):
-    """Learner rank 0 writes bucket files in /dev/shm; the rollout worker reloads from them."""
+    """Learner rank 0 writes bucket files in /dev/shm; every rollout engine (all on its node) reloads from them."""
 
     method = "shm"
 
@@ -94,23 +95,32 @@ class ShmSync(WeightSync):
     def transfer(self) -> int:
         paths = self.wait([learner.export_weight_files.remote(str(self.directory)) for learner in self.learners], "learner writes buckets")[0]
         try:
-            return self.wait(self.rollout.load_weight_files.remote(paths), "rollout loads buckets")
+            return sum(self.wait([rollout.load_weight_files.remote(paths) for rollout in self.rollouts], "rollout loads buckets")) // len(self.rollouts)
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class CudaIpcSync(WeightSync):
-    """Bucket by bucket: the learner packs it on the GPU, the rollout worker maps and loads it, the learner frees it."""
+    """Bucket by bucket: the learner packs it on the GPU, the rollout worker maps and loads it, the learner frees it.
+
+    Colocated engine ``e`` shares learner rank ``e``'s GPU, and CUDA IPC maps
+    memory of the same GPU, so rank ``e`` packs the bucket for engine ``e``.
+    """
 
     method = "cuda_ipc"
 
     def transfer(self) -> int:
         count = 0
+        engines = len(self.rollouts)
         buckets = self.wait(self.learners[0].weight_buckets.remote(), "plan buckets")
         for index in range(len(buckets)):
-            bucket = self.wait([learner.export_cuda_ipc_bucket.remote(index) for learner in self.learners], f"learner packs bucket {index}")[0]
+            handles = self.wait([learner.export_cuda_ipc_bucket.remote(index, rank < engines) for rank, learner in enumerate(self.learners)],
+                                f"learner packs bucket {index}")
             final = index == len(buckets) - 1
-            count += self.wait(self.rollout.load_cuda_ipc_bucket.remote(bucket, final), f"rollout loads bucket {index}")
+            # An engine without a rank of its own (more engines than ranks: CPU only) maps rank 0's.
+            loads = [rollout.load_cuda_ipc_bucket.remote(handles[e] if e < len(handles) and handles[e] else handles[0], final)
+                     for e, rollout in enumerate(self.rollouts)]
+            count += self.wait(loads, f"rollout loads bucket {index}")[0]
             self.wait([learner.release_cuda_ipc.remote() for learner in self.learners], f"learner frees bucket {index}")
         return count
 
@@ -118,8 +128,9 @@ class CudaIpcSync(WeightSync):
 class NcclSync(WeightSync):
     """Learner rank 0 broadcasts to every rollout worker over a group formed at the first sync (gloo on CPU).
 
-    Ranks: learner rank 0 is 0, vLLM worker ``w`` (its tensor-parallel rank)
-    is ``1 + w``; each worker receives every tensor and keeps its shard.
+    Ranks: learner rank 0 is 0, worker ``w`` (its tensor-parallel rank) of
+    engine ``e`` is ``1 + e * TP + w``; each worker receives every tensor and
+    keeps its shard, so one broadcast serves every engine.
     """
 
     method = "nccl"
@@ -131,14 +142,16 @@ class NcclSync(WeightSync):
     def transfer(self) -> int:
         if not self._connected:
             address, port = self.meet()
-            world = 1 + self.rollout_workers
-            self.wait([self.learners[0].init_nccl.remote(address, port, world), self.rollout.init_nccl.remote(address, port, 1, world)], "form the group")
+            tp = self.rollout_workers
+            world = 1 + len(self.rollouts) * tp
+            joins = [rollout.init_nccl.remote(address, port, 1 + e * tp, world) for e, rollout in enumerate(self.rollouts)]
+            self.wait([self.learners[0].init_nccl.remote(address, port, world), *joins], "form the group")
             self._connected = True
         meta = self.wait(self.learners[0].weight_meta.remote(), "describe weights")
         sends = [learner.broadcast_weights.remote() for learner in self.learners]
-        received = self.rollout.load_from_nccl.remote(meta)
+        received = [rollout.load_from_nccl.remote(meta) for rollout in self.rollouts]
         self.wait(sends, "learner broadcasts")
-        return self.wait(received, "rollout receives")
+        return self.wait(received, "rollout receives")[0]
 
 
 # ``sync.method`` -> its choreography (``auto`` is resolved by :func:`aharl.runtime.placement.sync_method`).

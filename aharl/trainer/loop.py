@@ -36,6 +36,11 @@ from aharl.trainer.stop import StopSignals
 from aharl.trainer.sync_gate import SyncGate
 from aharl.types import Prompt, ScoredGroup
 
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def grpo_step(step: int, prompts: Sequence[Prompt], cluster: Cluster, rewards: RewardPool, config: Config, pad_id: int) -> tuple[dict[str, float], list[ScoredGroup]]:
     """One GRPO step on ``prompts``; returns the step's metrics and its scored groups."""
     g = config.grpo
@@ -112,7 +117,8 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
     cluster = Cluster(config, device, total_steps, run_id=run.run_dir.name, log_dir=log_dir)
     rewards = RewardPool(config.rewards, log_dir)
     print_fn(
-        f"started rollout ({config.rollout.backend}, {device}), learner, {config.rewards.num_workers} reward workers "
+        f"started {plural(config.rollout.num_engines, 'rollout engine')} ({config.rollout.backend}, {device}), "
+        f"{plural(config.placement.learner_gpus, 'learner rank')}, {config.rewards.num_workers} reward workers "
         f"in {time.perf_counter() - started:.0f}s; {cluster.sync_choice.line()}"
     )
     try:

@@ -97,7 +97,7 @@ def test_every_transport_makes_rollout_logprobs_equal_the_learners(ray_local, to
             assert metrics["sync/logp_diff"] < SYNC_ATOL  # the batch was sampled by the learner's own weights
             stale = max_diff(cluster)
             assert stale > 100 * SYNC_ATOL, f"{method}: the update did not change the learner (or the rollout changed without a sync)"
-            cluster.sync = TRANSPORTS[method](cluster.learners, cluster.rollout, f"sync-test-{layout}", config.sync.timeout_s, 1, meet)
+            cluster.sync = TRANSPORTS[method](cluster.learners, cluster.rollouts, f"sync-test-{layout}", config.sync.timeout_s, 1, meet)
             sync_metrics = cluster.sync_weights()
             assert sync_metrics["sync/tensors"] > 0
             assert max_diff(cluster) < SYNC_ATOL, f"{method} in the {layout} layout left the rollout's weights stale"
