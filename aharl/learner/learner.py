@@ -120,6 +120,7 @@ class Learner:
         )
         if self.device == "cpu":
             skip_cpu_shm_comm_build()
+            nccl.pin_gloo_interface(master_address)  # ranks on several nodes: gloo must announce a reachable address
         deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False)
         torch.manual_seed(config.learner.seed)
 

@@ -14,6 +14,10 @@ end. Only :meth:`Group.broadcast` and :meth:`Group.finish` differ by device.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
+import struct
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -37,6 +41,7 @@ class Group:
         else:
             from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
+            pin_gloo_interface(address)
             self._gloo = stateless_init_torch_distributed_process_group(address, port, rank, world_size, "gloo")
 
     def broadcast(self, tensor: torch.Tensor) -> None:
@@ -50,6 +55,45 @@ class Group:
         """Wait until every broadcast issued so far has landed (NCCL runs on a stream; gloo already waited)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+# ioctl that reads an interface's IPv4 address (linux/sockios.h).
+SIOCGIFADDR = 0x8915
+
+
+def _ipv4_of(interface: str) -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", interface[:15].encode()))
+        except OSError:  # no IPv4 address on it
+            return None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def interface_towards(address: str) -> str | None:
+    """This host's network interface that traffic to ``address`` leaves by; None for loopback or when unknown."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((address, 9))  # UDP: picks the route, sends nothing
+            local = s.getsockname()[0]
+        except OSError:
+            return None
+    if local.startswith("127."):
+        return None
+    return next((name for _, name in socket.if_nameindex() if _ipv4_of(name) == local), None)
+
+
+def pin_gloo_interface(address: str) -> None:
+    """Make gloo announce the interface that reaches ``address``, not the one the hostname resolves to.
+
+    gloo tells its peers to connect to the address of this host's name;
+    many hosts (Debian's default ``/etc/hosts`` among them) map the name to
+    127.0.1.1, so peers on other nodes are told to connect to their own
+    loopback and the group never forms ("Connection refused"). A user's
+    ``GLOO_SOCKET_IFNAME`` wins; a group that meets on loopback is left alone.
+    """
+    if "GLOO_SOCKET_IFNAME" not in os.environ and (interface := interface_towards(address)):
+        os.environ["GLOO_SOCKET_IFNAME"] = interface
 
 
 def meta_of(shapes: Iterable[tuple[str, torch.dtype, Sequence[int]]]) -> list[WeightMeta]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from aharl.config import load_config
@@ -126,3 +128,17 @@ def test_engines_on_one_node_split_its_cores():
     assert core_share(cores, "0/1") == cores
     assert core_share(cores, "0/2") + core_share(cores, "1/2") == cores
     assert core_share([0, 1], "2/3") == [0]  # fewer cores than engines: one core each, shared
+
+
+def test_gloo_announces_the_interface_that_reaches_the_group(monkeypatch):
+    from aharl.sync import nccl
+
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    nccl.pin_gloo_interface("127.0.0.1")  # a group on loopback: gloo's default is right
+    assert "GLOO_SOCKET_IFNAME" not in os.environ
+    monkeypatch.setattr(nccl, "interface_towards", lambda address: "veth7")
+    nccl.pin_gloo_interface("10.1.2.3")
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "veth7"
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "ib0")  # the user's choice wins
+    nccl.pin_gloo_interface("10.1.2.3")
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "ib0"

@@ -91,7 +91,8 @@ def test_every_engine_receives_every_sync_with_two_ranks(ray_local, toy):
 
 def test_training_with_two_ranks_and_two_engines_raises_the_reward(ray_local, toy):
     model_dir, reward_file, root = toy
-    result = loop.train(toy_config(model_dir, root / "learn-2x2", reward_file, "placement.device=cpu", "placement.learner_gpus=2", "rollout.num_engines=2"))
+    result = loop.train(toy_config(model_dir, root / "learn-2x2", reward_file, "placement.device=cpu", "placement.learner_gpus=2", "rollout.num_engines=2",
+                                "learner.max_steps=24"))
     history = result.history
     first = sum(m["reward/total"] for m in history[:3]) / 3
     last = sum(m["reward/total"] for m in history[-3:]) / 3
