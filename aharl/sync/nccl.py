@@ -18,7 +18,7 @@ import fcntl
 import os
 import socket
 import struct
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, MutableMapping, Sequence
 
 import torch
 
@@ -83,7 +83,7 @@ def interface_towards(address: str) -> str | None:
     return next((name for _, name in socket.if_nameindex() if _ipv4_of(name) == local), None)
 
 
-def pin_gloo_interface(address: str) -> None:
+def pin_gloo_interface(address: str, environ: MutableMapping[str, str] = os.environ) -> None:
     """Make gloo announce the interface that reaches ``address``, not the one the hostname resolves to.
 
     gloo tells its peers to connect to the address of this host's name;
@@ -92,8 +92,8 @@ def pin_gloo_interface(address: str) -> None:
     loopback and the group never forms ("Connection refused"). A user's
     ``GLOO_SOCKET_IFNAME`` wins; a group that meets on loopback is left alone.
     """
-    if "GLOO_SOCKET_IFNAME" not in os.environ and (interface := interface_towards(address)):
-        os.environ["GLOO_SOCKET_IFNAME"] = interface
+    if "GLOO_SOCKET_IFNAME" not in environ and (interface := interface_towards(address)):
+        environ["GLOO_SOCKET_IFNAME"] = interface
 
 
 def meta_of(shapes: Iterable[tuple[str, torch.dtype, Sequence[int]]]) -> list[WeightMeta]:

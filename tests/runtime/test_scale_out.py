@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from aharl.config import load_config
@@ -133,12 +131,12 @@ def test_engines_on_one_node_split_its_cores():
 def test_gloo_announces_the_interface_that_reaches_the_group(monkeypatch):
     from aharl.sync import nccl
 
-    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
-    nccl.pin_gloo_interface("127.0.0.1")  # a group on loopback: gloo's default is right
-    assert "GLOO_SOCKET_IFNAME" not in os.environ
+    environ: dict[str, str] = {}  # the process's own environment stays untouched
+    nccl.pin_gloo_interface("127.0.0.1", environ)  # a group on loopback: gloo's default is right
+    assert environ == {}
     monkeypatch.setattr(nccl, "interface_towards", lambda address: "veth7")
-    nccl.pin_gloo_interface("10.1.2.3")
-    assert os.environ["GLOO_SOCKET_IFNAME"] == "veth7"
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "ib0")  # the user's choice wins
-    nccl.pin_gloo_interface("10.1.2.3")
-    assert os.environ["GLOO_SOCKET_IFNAME"] == "ib0"
+    nccl.pin_gloo_interface("10.1.2.3", environ)
+    assert environ == {"GLOO_SOCKET_IFNAME": "veth7"}
+    user = {"GLOO_SOCKET_IFNAME": "ib0"}  # the user's choice wins
+    nccl.pin_gloo_interface("10.1.2.3", user)
+    assert user == {"GLOO_SOCKET_IFNAME": "ib0"}

@@ -32,6 +32,10 @@ pytestmark = pytest.mark.slow
 # log-prob by ~1e-6. A stale weight after one update moves it by ~1e-1.
 SYNC_ATOL = 1e-4
 
+# Steps of each learning run (and of its must-not-learn counterparts): the toy
+# climbs ~0.12 in 16 steps with per-prompt sampling seeds, ~0.2 in 24.
+LEARN_STEPS = 24
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, smollm2_tokenizer):
@@ -107,12 +111,12 @@ def test_every_transport_makes_rollout_logprobs_equal_the_learners(ray_local, to
 
 def test_training_loop_raises_the_reward(ray_local, toy):
     model_dir, reward_file, root = toy
-    result = loop.train(toy_config(model_dir, root / "learn", reward_file))
+    result = loop.train(toy_config(model_dir, root / "learn", reward_file, f"learner.max_steps={LEARN_STEPS}"))
     history = result.history
     first, last = reward_curve(history)
     assert learned(history), f"mean reward went from {first:.3f} to {last:.3f}"
     assert max(m["sync/logp_diff"] for m in history) < 1e-3  # vLLM kept up with every update
-    assert (result.run_dir / "metrics.jsonl").read_text().count("\n") == len(history) == 16
+    assert (result.run_dir / "metrics.jsonl").read_text().count("\n") == len(history) == LEARN_STEPS
     for phase in ("generate", "reward", "train", "sync"):
         assert all(m[f"time/{phase}"] > 0 for m in history)
 
@@ -131,13 +135,13 @@ def test_same_loop_does_not_learn_with_the_advantage_sign_flipped(ray_local, toy
     model_dir, reward_file, root = toy
     flipped = loop.group_advantages
     monkeypatch.setattr(loop, "group_advantages", lambda *a, **k: -flipped(*a, **k))
-    history = loop.train(toy_config(model_dir, root / "flipped", reward_file)).history
+    history = loop.train(toy_config(model_dir, root / "flipped", reward_file, f"learner.max_steps={LEARN_STEPS}")).history
     assert not learned(history)
 
 
 def test_same_loop_does_not_learn_without_the_weight_sync(ray_local, toy):
     model_dir, reward_file, root = toy
-    history = loop.train(toy_config(model_dir, root / "nosync", reward_file, "sync.interval_steps=1000")).history
+    history = loop.train(toy_config(model_dir, root / "nosync", reward_file, "sync.interval_steps=1000", f"learner.max_steps={LEARN_STEPS}")).history
     assert not learned(history)
     # ...and the continuous check sees it: the learner has moved, the sampler has not.
     assert max(m["sync/logp_diff"] for m in history[1:]) > 1e-2
@@ -170,7 +174,7 @@ def test_a_stalled_sync_ends_the_run_within_its_deadline(ray_local, toy, monkeyp
 
     def stalled_transfer(self):
         stalled_at.append(time.monotonic())
-        return self.wait(self.rollout.__ray_call__.remote(lambda engine: time.sleep(3600)), "rollout loads buckets")
+        return self.wait(self.rollouts[0].__ray_call__.remote(lambda engine: time.sleep(3600)), "rollout loads buckets")
 
     monkeypatch.setattr(ShmSync, "transfer", stalled_transfer)
     model_dir, reward_file, root = toy
