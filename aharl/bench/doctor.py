@@ -80,63 +80,54 @@ class Skip(Exception):
 # The model every check uses
 
 
+def save_random_qwen2(directory: Path, tokenizer: Any, **shape: Any) -> Path:
+    """A random-initialised Qwen2-architecture model of ``shape`` (tied embeddings, like Qwen2.5), with ``tokenizer``, as an HF directory."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
+    Qwen2ForCausalLM(config).to(config.dtype or torch.float32).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def build_doctor_model(directory: Path, device: str, tokenizer_source: str | None = None) -> Path:
-    """A random Qwen2-architecture model (tied embeddings, like Qwen2.5-0.5B) with SmolLM2's tokenizer.
+    """A small random model with SmolLM2's tokenizer (wider on a GPU).
 
     ``tokenizer_source`` is any directory holding a tokenizer with a chat
     template; on a bare GPU machine that saves moving the 270 MB model that
     SmolLM2's own tokenizer otherwise comes from.
     """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from aharl.modelhub import SMOLLM2_ALIAS, load_tokenizer, tokenizer_from
 
     if (directory / "config.json").is_file():
         return directory
     tokenizer = tokenizer_from(tokenizer_source) if tokenizer_source else load_tokenizer(SMOLLM2_ALIAS)
-    torch.manual_seed(0)
     wide = device == "cuda"
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=512 if wide else 128,
-        intermediate_size=1408 if wide else 256,
-        num_hidden_layers=4 if wide else 2,
-        num_attention_heads=8 if wide else 2,
-        num_key_value_heads=2 if wide else 1,
+    return save_random_qwen2(
+        directory, tokenizer, hidden_size=512 if wide else 128, intermediate_size=1408 if wide else 256,
+        num_hidden_layers=4 if wide else 2, num_attention_heads=8 if wide else 2, num_key_value_heads=2 if wide else 1,
         max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    Qwen2ForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def build_reference_shape_model(directory: Path, tokenizer_directory: Path) -> Path:
-    """Random weights in Qwen2.5-0.5B's body (24 layers, hidden 896, 14 heads, 2 KV heads, MLP 4864, tied embeddings).
+    """Random bf16 weights in Qwen2.5-0.5B's body (24 layers, hidden 896, 14 heads, 2 KV heads, MLP 4864, tied embeddings).
 
     The vocabulary is the tokenizer's (SmolLM2's 49,152 rows, not Qwen's
     151,936): a sampled id must decode. That is 92 M fewer embedding
     parameters (402 M in all against 494 M), stated wherever a figure is given.
     """
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from aharl.modelhub import tokenizer_from
 
     if (directory / "config.json").is_file():
         return directory
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_directory))
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="bfloat16",
+    return save_random_qwen2(
+        directory, tokenizer_from(str(tokenizer_directory)), hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+        dtype="bfloat16",
     )
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def doctor_overrides(model: Path, out: Path, device: str, *extra: str) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import ray
-from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from aharl.config import Config
@@ -21,7 +21,7 @@ from aharl.runtime.logs import logged_actor
 from aharl.runtime.placement import ActorSlot, Layout, plan_layout
 from aharl.rollout.engine import SamplingSettings, engine_class
 from aharl.rollout.vllm_engine import CORE_SHARE_ENV, rollout_workers
-from aharl.runtime.rendezvous import rendezvous
+from aharl.runtime.rendezvous import bundle_nodes, rendezvous
 from aharl.runtime.topology import SyncChoice, Topology, choose_sync, probe_topology
 from aharl.runtime.weight_sync import TRANSPORTS, wait_for
 from aharl.grpo.batch import MicroBatch, rank_share
@@ -91,11 +91,6 @@ def engine_core_shares(engine_nodes: list[str]) -> dict[int, dict[str, str]]:
         same = [i for i, other in enumerate(engine_nodes) if other == node]
         shares[e] = {CORE_SHARE_ENV: f"{same.index(e)}/{len(same)}"}
     return shares
-
-
-def bundle_nodes(pg) -> dict[int, str]:
-    """Placement bundle index -> the Ray node id holding it."""
-    return {int(index): node for index, node in placement_group_table(pg)["bundles_to_node_id"].items()}
 
 
 def across_nodes(choice: SyncChoice, config: Config, layout: Layout, nodes: dict[int, str]) -> SyncChoice:

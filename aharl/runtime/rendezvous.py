@@ -37,6 +37,11 @@ def meeting_address(bundle_nodes: dict[int, str], host_bundle: int, member_bundl
     return LOOPBACK if all(bundle_nodes[b] == host_node for b in member_bundles) else host_ip
 
 
+def bundle_nodes(pg: PlacementGroup) -> dict[int, str]:
+    """Placement bundle index -> the Ray node id holding it."""
+    return {int(index): node for index, node in placement_group_table(pg)["bundles_to_node_id"].items()}
+
+
 def _node_ip_and_free_port() -> tuple[str, int]:
     return ray.util.get_node_ip_address(), free_port()
 
@@ -55,5 +60,4 @@ def rendezvous(pg: PlacementGroup, host_bundle: int, member_bundles: Sequence[in
         host_ip, port = ray.get(probe.remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         raise AharlError(f"could not reach the node of placement bundle {host_bundle} within {timeout_s:g}s to pick a rendezvous port") from None
-    nodes = {int(index): node for index, node in placement_group_table(pg)["bundles_to_node_id"].items()}
-    return meeting_address(nodes, host_bundle, member_bundles, host_ip), port
+    return meeting_address(bundle_nodes(pg), host_bundle, member_bundles, host_ip), port

@@ -95,7 +95,7 @@ class ShmSync(WeightSync):
     def transfer(self) -> int:
         paths = self.wait([learner.export_weight_files.remote(str(self.directory)) for learner in self.learners], "learner writes buckets")[0]
         try:
-            return sum(self.wait([rollout.load_weight_files.remote(paths) for rollout in self.rollouts], "rollout loads buckets")) // len(self.rollouts)
+            return self.wait([rollout.load_weight_files.remote(paths) for rollout in self.rollouts], "rollout loads buckets")[0]
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
 
