@@ -9,10 +9,12 @@ typo fails in the first second of a run and not after the model has loaded.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import importlib.resources
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -88,6 +90,9 @@ class RolloutConfig:
     # Data-parallel rollout engines: a step's prompts are split across them
     # in order, and every engine receives every weight sync.
     num_engines: int = 1
+    # A step's generation must return within this (a hung engine ends the run
+    # with one line instead of holding the GPUs idle forever).
+    timeout_s: float = 3600.0
 
 
 @dataclass
@@ -127,6 +132,11 @@ class LearnerConfig:
     # Rows of logits turned into log-probs at a time (bounds fp32 memory).
     logprob_chunk_rows: int = 1024
     seed: int = 42
+    # An update whose loss or gradient norm is not finite is skipped (weights
+    # unchanged, counted in train/skipped_steps); this many in a row stop the run.
+    max_skipped_in_a_row: int = 3
+    # A step's update must return within this (a hung collective ends the run).
+    timeout_s: float = 3600.0
 
 
 @dataclass
@@ -349,6 +359,9 @@ def resolve_config_path(path: str | Path) -> Path:
     local = Path(path)
     if local.is_file():
         return local
+    if local.is_dir():
+        # A directory is no config; saying "does not exist" would send the user looking for a typo.
+        raise ConfigError("(file)", f"cannot be read: {path} is a directory", "pass the YAML file inside it, e.g. config.yaml", str(path))
     shipped = shipped_configs()
     name = local.name.removesuffix(".yaml") if local.parent in (Path("."), Path("configs")) else None
     if name in shipped:
@@ -359,13 +372,53 @@ def resolve_config_path(path: str | Path) -> Path:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping.
+
+    Plain YAML keeps the last of two equal keys, so a second ``rollout:``
+    section would silently replace the first one's settings.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, collections.abc.Hashable) and key in seen:
+                raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    """A key repeated within one YAML mapping, at ``line``."""
+
+    def __init__(self, key: str, line: int) -> None:
+        super().__init__(key, line)
+        self.key = key
+        self.line = line
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError("(file)", f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} on line {line})", "save the file as UTF-8", str(path)) from None
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot be read ({exc.strerror or type(exc).__name__})", "check the path and its permissions", str(path)) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            exc.key, f"is given twice in one mapping (again at line {exc.line}); YAML would keep only the last",
+            "merge the two into one", str(path),
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError("(file)", f"is not valid YAML{where}", "fix the YAML syntax there", str(path)) from None
+        problem = " ".join(str(getattr(exc, "problem", "") or "").split())
+        what = f" ({problem})" if problem else ""
+        raise ConfigError("(file)", f"is not valid YAML{where}{what}", "fix the YAML syntax there", str(path)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -485,14 +538,20 @@ def _coerce_scalar(value: Any, hint: type, key: str, source: str) -> Any:
             return int(value)
         raise ConfigError(key, f"must be a whole number, got {value!r}", "write an integer such as 4", source)
     if hint is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # YAML 1.1 reads `1e-5` (no dot) as a string; accept it as the number it is.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and not math.isfinite(number):
+            # NaN passes no comparison, so a range check alone would let it through (a NaN weight makes every reward NaN).
+            raise ConfigError(key, f"must be a finite number, got {value!r}", "write a number such as 1e-6", source)
+        if number is not None:
+            return number
         raise ConfigError(key, f"must be a number, got {value!r}", "write a number such as 1e-6", source)
     if hint is str:
         if isinstance(value, str):
@@ -534,11 +593,15 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
     require(lr.epochs >= 1, "learner.epochs", f"= {lr.epochs} must be at least 1", "set it to 1 or more")
     require(lr.max_steps is None or lr.max_steps >= 1, "learner.max_steps", f"= {lr.max_steps} must be at least 1", "set it to a positive number, or null for whole epochs")
     require(g.beta >= 0, "grpo.beta", f"= {g.beta} must not be negative", "set it to 0 (no KL) or e.g. 0.04")
-    require(g.clip_eps_low >= 0 and g.clip_eps_high >= 0, "grpo.clip_eps_low", "and clip_eps_high must not be negative", "set them to e.g. 0.2 and 0.28")
+    require(g.clip_eps_low >= 0, "grpo.clip_eps_low", f"= {g.clip_eps_low} must not be negative", "set it to e.g. 0.2")
+    require(g.clip_eps_high >= 0, "grpo.clip_eps_high", f"= {g.clip_eps_high} must not be negative", "set it to e.g. 0.28")
     require(g.clip_eps_low < 1, "grpo.clip_eps_low", f"= {g.clip_eps_low} must be below 1 (the ratio's lower bound is 1 - eps)", "set it to e.g. 0.2")
     require(g.updates_per_batch >= 1, "grpo.updates_per_batch", f"= {g.updates_per_batch} must be at least 1", "set it to 1 (the reference)")
     require(g.advantage_eps > 0, "grpo.advantage_eps", f"= {g.advantage_eps} must be positive (it keeps a zero-spread group finite)", "set it to e.g. 1e-4")
     require(lr.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"= {lr.zero_stage} is not a ZeRO stage", "use 0, 1, 2 or 3")
+    require(r.timeout_s > 0, "rollout.timeout_s", f"= {r.timeout_s} must be positive", "set it to e.g. 3600")
+    require(lr.timeout_s > 0, "learner.timeout_s", f"= {lr.timeout_s} must be positive", "set it to e.g. 3600")
+    require(lr.max_skipped_in_a_row >= 1, "learner.max_skipped_in_a_row", f"= {lr.max_skipped_in_a_row} must be at least 1", "set it to e.g. 3")
     require(lr.logprob_chunk_rows >= 1, "learner.logprob_chunk_rows", f"= {lr.logprob_chunk_rows} must be at least 1", "set it to e.g. 1024")
     require(d.max_prompt_tokens >= 1, "data.max_prompt_tokens", f"= {d.max_prompt_tokens} must be at least 1", "set it to e.g. 256")
     require(bool(d.source.strip()), "data.source", "is empty", "give a hub id, a local file, or `synthetic`")

@@ -12,6 +12,8 @@ from __future__ import annotations
 class AharlError(Exception):
     """A problem with the user's input, described in one line with its fix."""
 
+    exit_code = 2
+
 
 class ConfigError(AharlError):
     """A config key that is unknown, has the wrong type or an impossible value."""
@@ -30,3 +32,14 @@ class DataError(AharlError):
 
 class RewardError(AharlError):
     """A reward function that cannot be loaded, raised, or returned a bad value."""
+
+
+class RunFault(AharlError):
+    """The run could not go on (a dead learner rank, a full disk, updates that stay non-finite).
+
+    Unlike a bad input, nothing in the command line is wrong: the message names
+    the last complete checkpoint, from which ``resume=auto`` continues the run
+    exactly. The command exits with :attr:`exit_code` 3.
+    """
+
+    exit_code = 3

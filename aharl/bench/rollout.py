@@ -118,13 +118,19 @@ def _backend_main(backend: str, config: Config, device: str, requests: list[Requ
     try:
         engine = build_rollout_engine(config, device, backend)
         queue.put(("ok", [asdict(r) for r in run_requests(backend, engine, requests, engine.eos_id)]))
+        if hasattr(engine, "shutdown"):
+            engine.shutdown()  # before os._exit below, or vLLM's shared memory stays in /dev/shm
     except Exception as exc:  # reported to the parent as one line
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
-    # Hand the result over, then leave at once: vLLM's exit handlers can wait
-    # on its engine processes, which the parent reaps instead.
+        # Leave at once: a failed engine's exit handlers can wait on its
+        # processes, which the parent reaps instead.
+        queue.close()
+        queue.join_thread()
+        os._exit(1)
+    # A normal exit after the engine's own shutdown: the interpreter's
+    # finalizers release what vLLM created here (a semaphore that os._exit leaked).
     queue.close()
     queue.join_thread()
-    os._exit(0)
 
 
 class PeakMemory:

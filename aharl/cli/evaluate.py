@@ -48,6 +48,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise AharlError(f"--temperature {args.temperature} must be above 0 (greedy mode covers temperature 0)")
     if args.max_tokens < 1:
         raise AharlError(f"--max-tokens {args.max_tokens} must be at least 1")
+    for flag, target in (("--output", args.output), ("--answers", args.answers)):
+        # Checked now, not after minutes of generation: a results file that cannot be written loses the run.
+        if target and Path(target).is_dir():
+            raise AharlError(f"{flag} {target} is a directory; pass a file path, e.g. {Path(target) / 'eval.json'}")
 
 
 def choose_backend(requested: str) -> str:
@@ -103,10 +107,13 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
     results: dict[str, EvalResult] = {}
     timings: dict[str, float] = {}
-    for mode in modes:
-        began = time.perf_counter()
-        results[mode.name] = evaluate(chunked(engine.generate), score, prompts, mode, max_tokens=args.max_tokens, seed=config.rollout.seed)
-        timings[mode.name] = round(time.perf_counter() - began, 2)
+    try:
+        for mode in modes:
+            began = time.perf_counter()
+            results[mode.name] = evaluate(chunked(engine.generate), score, prompts, mode, max_tokens=args.max_tokens, seed=config.rollout.seed)
+            timings[mode.name] = round(time.perf_counter() - began, 2)
+    finally:
+        engine.shutdown()
     summary = {
         "model": args.model,
         "data": args.data,
@@ -122,6 +129,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         meta = {k: v for k, v in summary.items() if k not in results}
         write_eval_file(Path(args.output), results, {**meta, "seconds": timings})
     if args.answers:
+        Path(args.answers).parent.mkdir(parents=True, exist_ok=True)
         with open(args.answers, "w") as f:
             for name, result in results.items():
                 for record in result.records:
@@ -132,7 +140,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
 def run_report_command(args: argparse.Namespace) -> int:
     from aharl.evaluation.report import write_report
 
-    before, after = read_eval_file(Path(args.before)), read_eval_file(Path(args.after))
+    before, after = read_report_input(Path(args.before)), read_report_input(Path(args.after))
     mode = "greedy" if "greedy" in before and "greedy" in after else next((m for m in before if m in after), None)
     if mode is None:
         raise AharlError(f"{args.before} and {args.after} share no evaluation mode; run both with --modes greedy")
@@ -141,3 +149,48 @@ def run_report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+# What the report reads of each answer and of each question's record.
+_ANSWER_KEYS = ("text", "numeric", "reward", "rewards", "tokens")
+_RECORD_KEYS = ("index", "question", "gold", "answers")
+
+
+def read_report_input(path: Path) -> dict[str, EvalResult]:
+    """An evaluation file checked for everything the report reads, so a foreign or damaged file is one line.
+
+    ``read_eval_file`` checks the outer layout; the report also reads each
+    record's answers, which a hand-edited or truncated file may lack.
+    """
+    fix = f"write it with aharl eval ... --output {path}"
+    if path.is_file():
+        try:
+            document = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise AharlError(f"{path} is not UTF-8 text, so not an aharl evaluation file; {fix}") from None
+        except json.JSONDecodeError as exc:
+            raise AharlError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
+        modes = document.get("modes") if isinstance(document, dict) else None
+        if not isinstance(modes, dict) or not all(isinstance(m, dict) for m in modes.values()):
+            raise AharlError(f"{path} has no \"modes\" mapping of evaluation results; {fix}")
+    results = read_eval_file(path)
+    for name, result in results.items():
+        problem = _report_problem(result)
+        if problem:
+            raise AharlError(f"{path}: mode {name!r} {problem}; {fix}")
+    return results
+
+
+def _report_problem(result: EvalResult) -> str | None:
+    """What the report would trip over in ``result``, or None."""
+    if not isinstance(result.summary, dict) or not isinstance(result.summary.get("questions"), (int, float)):
+        return "has no summary with a question count"
+    if not isinstance(result.records, list):
+        return "has no list of records"
+    for number, record in enumerate(result.records, start=1):
+        if not isinstance(record, dict) or any(k not in record for k in _RECORD_KEYS):
+            return f"record {number} lacks one of {', '.join(_RECORD_KEYS)}"
+        answers = record["answers"]
+        if not isinstance(answers, list) or not answers or not isinstance(answers[0], dict) or any(k not in answers[0] for k in _ANSWER_KEYS):
+            return f"record {number} has no answer with {', '.join(_ANSWER_KEYS)}"
+    return None

@@ -1,7 +1,9 @@
 """The ``aharl`` command.
 
 Each sub-command lives in its own small function; problems in the user's input
-(:class:`~aharl.errors.AharlError`) print one line and exit with status 2.
+(:class:`~aharl.errors.AharlError`) print one line and exit with status 2;
+a run that cannot go on (:class:`~aharl.errors.RunFault`: a dead learner, a
+full disk) prints one line naming its last checkpoint and exits with 3.
 """
 
 from __future__ import annotations
@@ -9,29 +11,45 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from aharl.errors import AharlError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed in one line
+        return exc.code if isinstance(exc.code, int) else 2
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
     try:
         return args.run(args)
     except AharlError as exc:
-        print(f"aharl: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"aharl: error: {one_line(str(exc))}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("aharl: interrupted", file=sys.stderr)
         return 130
 
 
+def one_line(message: str) -> str:
+    """``message`` as a single line: an error that quotes user text (an exception's message) may hold newlines."""
+    return " | ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors in one line, like every other aharl error (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        where = "" if self.prog == "aharl" else f"{self.prog}: "
+        self.exit(2, f"aharl: error: {where}{one_line(message)}; see `{self.prog} --help`\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aharl", description="GRPO training on Ray, vLLM and DeepSpeed.")
+    parser = _Parser(prog="aharl", description="GRPO training on Ray, vLLM and DeepSpeed.")
     commands = parser.add_subparsers(title="commands")
 
     train = commands.add_parser("train", help="run GRPO training (starts Ray in-process unless RAY_ADDRESS is set)")
@@ -139,8 +157,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from aharl.cli.common import check_metrics_file
     from aharl.tracking.plots import plot_run
 
+    check_metrics_file(Path(args.run_dir))
     paths = plot_run(Path(args.run_dir))
     print("\n".join(str(p) for p in paths))
     return 0

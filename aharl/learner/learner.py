@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from aharl import faults
 from aharl.config import Config
 from aharl.device import resolve_device, training_dtype
 from aharl.modelhub import resolve_model_path
@@ -73,6 +74,20 @@ def sync_metrics(diff_sums: dict[int, float], tokens: dict[int, float], num_engi
 
 # DeepSpeed's name for its CPU shared-memory all-reduce op (``ShareMemCommBuilder.NAME``).
 CPU_SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def drop_nonfinite_gradients(model: torch.nn.Module) -> bool:
+    """ZeRO stage 0 has no overflow check: drop every gradient when any is non-finite, so the step changes nothing.
+
+    (At stages 1-3 DeepSpeed itself skips a step whose gradient norm is not
+    finite; ``engine.was_step_applied()`` tells.) Returns whether it dropped them.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if all(torch.isfinite(g).all() for g in grads):
+        return False
+    for p in model.parameters():
+        p.grad = None
+    return True
 
 
 def skip_cpu_shm_comm_build() -> None:
@@ -194,6 +209,7 @@ class Learner:
         of the full-batch loss (see :mod:`aharl.grpo.loss`).
         """
         cfg = self.config.grpo
+        faults.reached("learner.train_step")
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         batches = [mb.to(self.device) for mb in micro_batches]
@@ -215,6 +231,7 @@ class Learner:
         # DeepSpeed divides each micro-batch loss by its accumulation count;
         # the losses here are already shares of the full batch, so undo that.
         scale = self.engine.gradient_accumulation_steps() * self.world_size
+        skipped = 0  # optimizer steps DeepSpeed skipped for a non-finite gradient norm
         for update in range(cfg.updates_per_batch):
             for i, mb in enumerate(batches):
                 logp, logits = self._policy_logp(self.engine, mb)
@@ -244,8 +261,16 @@ class Learner:
                     num_tokens=num_tokens,
                     entropy=token_entropy(logits.detach(), self.config.learner.logprob_chunk_rows),
                 )
-                self.engine.backward(out.loss * scale)
+                loss = out.loss
+                if faults.reached("learner.loss") == "nan":  # a test's injected fault
+                    loss = loss * float("nan")
+                    out.metrics["loss"] = float("nan")
+                self.engine.backward(loss * scale)
+                boundary = self.engine.is_gradient_accumulation_boundary()
+                dropped = boundary and self.config.learner.zero_stage == 0 and drop_nonfinite_gradients(self.engine.module)
                 self.engine.step()
+                if boundary and (dropped or not self.engine.was_step_applied()):
+                    skipped += 1
                 tokens = out.metrics.pop("tokens")
                 for key, value in out.metrics.items():
                     # The loss adds up over micro-batches; the rest are token means.
@@ -262,6 +287,7 @@ class Learner:
         grad_norm = self.engine.get_global_grad_norm()
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["train/update_skipped"] = float(skipped)
         metrics.update(timings)
         metrics["memory/learner_peak_gib"] = peak_memory_gib(self.device)
         if self.device == "cuda":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from aharl import faults
 from aharl.rewards.registry import resolve_reward_functions
 from aharl.rewards.scoring import RewardScores, score_completions
 
@@ -20,6 +21,7 @@ class RewardWorker:
         self.weights = weights
 
     def score(self, completions: list[str], answers: list[str]) -> RewardScores:
+        faults.reached("reward.score")
         return score_completions(completions, answers, self.functions, self.weights, tolerate_errors=True)
 
     def ping(self) -> int:

@@ -113,6 +113,9 @@ class HFEngine:
     def wake_kv_cache(self) -> None:
         pass
 
+    def shutdown(self) -> None:
+        """Nothing to stop: the model lives in this process (vLLM's engine has a process of its own)."""
+
     def parameter_checksum(self) -> float:
         return float(sum(p.double().abs().sum().item() for p in self.model.parameters()))
 

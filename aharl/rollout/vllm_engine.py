@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from aharl import faults
 from aharl.config import Config
 from aharl.device import dtype_name, rollout_dtype
 from aharl.errors import AharlError
@@ -108,6 +109,17 @@ class VLLMEngine:
         self.llm = LLM(**self.kwargs)
         self.eos_id = self.llm.get_tokenizer().eos_token_id
 
+    def shutdown(self) -> None:
+        """Stop vLLM's engine-core process the way vLLM does at a clean exit.
+
+        Killing the process that holds the ``LLM`` (``ray.kill``, ``os._exit``)
+        skips that, and the engine core's shared-memory queues stay in
+        /dev/shm (``psm_*``) with their semaphores, one set per engine start.
+        """
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def _require_weights(self) -> None:
         if self.weights_released:
             raise AharlError(
@@ -120,6 +132,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         self._require_weights()
+        faults.reached("rollout.generate")
         params = [
             SamplingParams(
                 n=settings.n,

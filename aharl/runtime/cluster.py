@@ -7,16 +7,19 @@ never touches Ray itself; where each actor runs is decided in
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
 
 import ray
+from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from aharl import faults
 from aharl.config import Config
-from aharl.errors import AharlError
+from aharl.errors import AharlError, RunFault
 from aharl.runtime.logs import logged_actor
 from aharl.runtime.placement import ActorSlot, Layout, plan_layout
 from aharl.rollout.engine import SamplingSettings, engine_class
@@ -29,6 +32,14 @@ from aharl.learner.learner import Learner, sync_metrics
 from aharl.types import Prompt, RolloutGroup
 
 PLACEMENT_TIMEOUT_S = 120
+
+log = logging.getLogger("aharl")
+
+
+def actor_death(exc: RayActorError) -> str:
+    """The first line of Ray's account of an actor's death (the rest is a long, repeated explanation)."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
 
 
 def rollout_env() -> dict[str, str]:
@@ -139,13 +150,13 @@ class Cluster:
         # The rollout engines start first: on a shared GPU vLLM sizes its
         # KV cache from the free memory it sees.
         env = self.sync_choice.env
-        engine_cls = engine_class(config.rollout.backend)
+        self.device = device
+        self._engine_cls = engine_class(config.rollout.backend)
         shares = engine_core_shares([nodes[slot.bundle_index] for slot in self.layout.rollouts]) if device != "cuda" else {}
-        self.rollouts = [
-            self._place(engine_cls, slot, "rollout" if e == 0 else f"rollout-{e}", {**rollout_env(), **env, **shares.get(e, {})}).remote(config, device)
-            for e, slot in enumerate(self.layout.rollouts)
-        ]
+        self._engine_env = [{**rollout_env(), **env, **shares.get(e, {})} for e in range(len(self.layout.rollouts))]
+        self.rollouts = [self._start_engine(e) for e in range(len(self.layout.rollouts))]
         ray.get([rollout.parameter_checksum.remote() for rollout in self.rollouts])
+        self.engine_restarts = 0
         # DeepSpeed's group meets at learner rank 0's node.
         learner_bundles = [slot.bundle_index for slot in self.layout.learners]
         address, port = rendezvous(self.pg, learner_bundles[0], learner_bundles, PLACEMENT_TIMEOUT_S)
@@ -178,24 +189,92 @@ class Cluster:
         log_file = self.log_dir / f"{role}.log" if self.log_dir is not None else None
         return ray.remote(logged_actor(cls, log_file)).options(**options)
 
+    def _start_engine(self, e: int):
+        slot = self.layout.rollouts[e]
+        return self._place(self._engine_cls, slot, "rollout" if e == 0 else f"rollout-{e}", self._engine_env[e]).remote(self.config, self.device)
+
     def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
-        """The prompts split in order across the engines, the groups gathered back in the same order, each tagged with its engine."""
+        """The prompts split in order across the engines, the groups gathered back in the same order, each tagged with its engine.
+
+        An engine that dies while generating is restarted, given the learner's
+        weights, and asked again (once): per-prompt seeds make the retried
+        groups the ones the dead engine would have returned.
+        """
         shares = split_evenly(list(prompts), len(self.rollouts))
-        calls = [(e, rollout.generate.remote(share, settings)) for e, (rollout, share) in enumerate(zip(self.rollouts, shares)) if share]
+        calls = [(e, share, rollout.generate.remote(share, settings)) for e, (rollout, share) in enumerate(zip(self.rollouts, shares)) if share]
+        faults.reached("driver.generate")
         groups = []
-        for engine, ref in calls:
-            for group in ray.get(ref):
+        for engine, share, ref in calls:
+            try:
+                result = self._generated(engine, ref)
+            except RayActorError as exc:
+                self.restart_engine(engine, f"while generating ({actor_death(exc)})")
+                try:
+                    result = self._generated(engine, self.rollouts[engine].generate.remote(share, settings))
+                except RayActorError as again:
+                    raise RunFault(f"rollout engine {engine} died twice in one step's generation ({actor_death(again)})") from None
+            for group in result:
                 group.engine = engine
                 groups.append(group)
         return groups
 
+    def _generated(self, engine: int, ref) -> list[RolloutGroup]:
+        timeout = self.config.rollout.timeout_s
+        try:
+            return ray.get(ref, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise RunFault(
+                f"rollout engine {engine} did not return its generation within rollout.timeout_s={timeout:g}s (a hung engine); "
+                "raise rollout.timeout_s if generation is really that slow"
+            ) from None
+
+    def restart_engine(self, engine: int, why: str) -> None:
+        """Replace a dead rollout engine in its bundle and sync the learner's weights into it.
+
+        The collective transport cannot take a new member into a formed group,
+        so with it the run stops instead (``resume=auto`` rebuilds everything).
+        """
+        if self.sync_choice.method == "nccl":
+            raise RunFault(f"rollout engine {engine} died {why}; the nccl weight group cannot take a restarted engine")
+        log.warning("rollout engine %d died %s; restarting it and syncing the learner's weights into it", engine, why)
+        try:
+            ray.kill(self.rollouts[engine], no_restart=True)
+        except Exception:  # already gone
+            pass
+        # In place: the weight transport holds this same list.
+        self.rollouts[engine] = self._start_engine(engine)
+        try:
+            ray.get(self.rollouts[engine].parameter_checksum.remote(), timeout=PLACEMENT_TIMEOUT_S * 5)
+        except (RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            raise RunFault(f"rollout engine {engine} died {why} and its replacement did not start ({type(exc).__name__})") from None
+        self.sync_weights()
+        self.engine_restarts += 1
+
     def train_step(self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float) -> dict[str, float]:
-        """Each learner rank takes an equal, contiguous share of the micro-batches; their metrics are pooled."""
+        """Each learner rank takes an equal, contiguous share of the micro-batches; their metrics are pooled.
+
+        A rank that dies ends the run (:class:`RunFault`): the surviving ranks
+        are inside DeepSpeed's collectives with it and cannot carry on alone,
+        and restarting every rank from the last checkpoint is what
+        ``resume=auto`` already does, exactly.
+        """
         world = len(self.learners)
-        results = ray.get(
-            [learner.train_step.remote(rank_share(micro_batches, r, world), num_sequences, num_tokens) for r, learner in enumerate(self.learners)]
-        )
-        return pool_rank_metrics(results, self.config.rollout.num_engines)
+        refs = [learner.train_step.remote(rank_share(micro_batches, r, world), num_sequences, num_tokens) for r, learner in enumerate(self.learners)]
+        faults.reached("driver.update")
+        timeout = self.config.learner.timeout_s
+        try:
+            results = ray.get(refs, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise RunFault(
+                f"the learner did not finish the update within learner.timeout_s={timeout:g}s (a hung collective or rank); "
+                "raise learner.timeout_s if an update is really that slow"
+            ) from None
+        except RayActorError as exc:
+            rank = next((r for r, ref in enumerate(refs) if _died(ref)), "?")
+            raise RunFault(f"learner rank {rank} died during the update ({actor_death(exc)})") from None
+        metrics = pool_rank_metrics(results, self.config.rollout.num_engines)
+        metrics["rollout/engine_restarts"] = float(self.engine_restarts)
+        return metrics
 
     def sleep_rollout(self, keep_weights: bool = True) -> None:
         """Free the rollout engines' GPU memory for the update; ``keep_weights=False`` when a sync follows."""
@@ -205,6 +284,7 @@ class Cluster:
         """Wake the weights, overwrite them with the learner's, then restore the KV caches (every engine)."""
         timeout = self.config.sync.timeout_s
         wait_for([rollout.wake_weights.remote() for rollout in self.rollouts], "rollout wakes its weights", timeout)
+        faults.reached("driver.sync")
         metrics = self.sync()
         wait_for([rollout.wake_kv_cache.remote() for rollout in self.rollouts], "rollout wakes its KV cache", timeout)
         return metrics
@@ -232,6 +312,24 @@ class Cluster:
         ray.get([learner.load_state.remote(directory) for learner in self.learners])
 
     def shutdown(self) -> None:
+        """Kill every actor and free the placement group; safe after any failure (dead actors included).
+
+        The engines first stop vLLM's engine core themselves (a kill alone
+        leaves its shared memory in /dev/shm); a dead or stuck one is killed anyway.
+        """
+        stops = [rollout.shutdown.remote() for rollout in self.rollouts]
+        ray.wait(stops, num_returns=len(stops), timeout=30)
         for actor in [*self.rollouts, *self.learners]:
             ray.kill(actor, no_restart=True)
         remove_placement_group(self.pg)
+
+
+def _died(ref) -> bool:
+    """Whether ``ref`` (already finished) holds an actor's death."""
+    try:
+        ray.get(ref, timeout=0)
+    except RayActorError:
+        return True
+    except Exception:
+        return False
+    return False

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from aharl import faults
 from aharl.config import RewardsConfig
 from aharl.runtime.logs import logged_actor
 from aharl.rewards.registry import resolve_reward_functions
@@ -57,6 +58,7 @@ class RewardPool:
 
         chunks = _split(len(completions), len(self.workers))
         refs = [w.score.remote(completions[a:b], answers[a:b]) for w, (a, b) in zip(self.workers, chunks)]
+        faults.reached("driver.score")
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.config.timeout_s)
         ready_set = set(ready)
         results: list[RewardScores] = []

@@ -7,6 +7,8 @@ steps, so the loop reads as the algorithm.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,8 @@ from typing import Any, Callable, Sequence
 
 from aharl.config import Config, dump_config
 from aharl.data.sampler import PromptSampler
-from aharl.errors import AharlError
+from aharl import faults
+from aharl.errors import AharlError, RunFault
 from aharl.evaluation.report import write_report
 from aharl.evaluation.run import GREEDY, evaluate
 from aharl.tracking import checkpoints as ckpt
@@ -24,6 +27,7 @@ from aharl.tracking.metrics import MetricsLog, format_step
 from aharl.tracking.progress import Progress, format_duration
 from aharl.tracking.samples import SamplesLog, sample_rows
 from aharl.tracking.wandb_run import WandbRun
+from aharl.trainer.resume_rules import config_changes, describe
 from aharl.types import EvalResult, Prompt, ScoredGroup
 
 PrintFn = Callable[[str], None]
@@ -45,17 +49,57 @@ def run_directory(config: Config) -> Path:
     return Path(config.logging.output_dir) / name
 
 
+LOCK_FILE = ".aharl.lock"
+
+
+def lock_run_directory(run_dir: Path) -> int:
+    """Take the run directory for this process, or refuse: two runs writing one directory interleave its files.
+
+    An advisory ``flock`` on ``<run>/.aharl.lock``, held until the process
+    ends; the kernel drops it when the process dies (a SIGKILL included), so
+    a killed run never leaves a stale lock behind. Returns the open descriptor.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = path.read_text().strip() or "another process"
+        os.close(fd)
+        raise AharlError(
+            f"run directory {run_dir} is in use by another aharl run ({holder}); wait for it to end, stop it, "
+            "or give this run another logging.run_name"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    return fd
+
+
 def prepare_run_directory(run_dir: Path) -> None:
     """Create ``run_dir``; an earlier run's files there move to ``previous-<time>/``, never overwritten."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    earlier = [p for p in run_dir.iterdir() if not p.name.startswith("previous-")]
+    earlier = [p for p in run_dir.iterdir() if not p.name.startswith("previous-") and p.name != LOCK_FILE]
     if not earlier:
         return
     started = max(p.stat().st_mtime for p in earlier)
-    keep = run_dir / time.strftime("previous-%Y%m%d-%H%M%S", time.localtime(started))
-    keep.mkdir(exist_ok=True)
+    name = time.strftime("previous-%Y%m%d-%H%M%S", time.localtime(started))
+    keep, n = run_dir / name, 1
+    while keep.exists():  # two earlier runs within one second: never merge them
+        n += 1
+        keep = run_dir / f"{name}-{n}"
+    keep.mkdir()
     for path in earlier:
         path.rename(keep / path.name)
+
+
+def write_failure(exc: BaseException) -> str:
+    """The line of a failed write that names the cause (Ray prefixes an actor's error with its whole traceback)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "No space left" in line or "Errno" in line or "Error" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else type(exc).__name__
 
 
 def eval_metrics(evaluation: EvalResult) -> dict[str, float]:
@@ -76,7 +120,22 @@ class RunLifecycle:
         self.print = print_fn
         self.progress_bar = progress_bar
         self.run_dir = run_directory(config)
+        self.wandb: WandbRun | None = None
+        self.progress: Progress | None = None
+        self._lock: int | None = None
+        # Read-only checks first: a bad resume target creates no directory.
         self.resume_from = ckpt.resolve_resume(config.resume, self.run_dir)
+        if self.resume_from is not None:
+            self.check_resumed_config()  # before this run's config.yaml replaces the last one
+        self._lock = lock_run_directory(self.run_dir)
+        try:
+            self._open_directory()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_directory(self) -> None:
+        config, print_fn = self.config, self.print
         # A checkpoint of another run directory starts this one afresh (its logs
         # begin at the checkpoint's next step, its wandb run is a new one).
         self.continues_run_dir = self.resume_from is not None and self.resume_from.resolve().parent.parent == self.run_dir.resolve()
@@ -90,8 +149,8 @@ class RunLifecycle:
         self.total_steps = 0
         self.metrics_log = MetricsLog(self.run_dir)
         self.samples_log = SamplesLog(self.run_dir)
-        self.wandb: WandbRun | None = None
-        self.progress: Progress | None = None
+        self.skipped_steps = 0  # updates skipped for a non-finite loss or gradient norm, all runs of this directory
+        self.skipped_in_a_row = 0
 
     # -- before the actors start -------------------------------------------
 
@@ -100,6 +159,7 @@ class RunLifecycle:
         self.total_steps = total_steps
         if self.resume_from is not None:
             self.state = state = ckpt.read_checkpoint(self.resume_from)
+            self.skipped_steps = state.skipped_steps
             try:
                 sampler.load_state_dict(state.sampler)
             except ValueError as exc:
@@ -114,6 +174,24 @@ class RunLifecycle:
             self.print(f"{self.resume_from} is step {start_step - 1} of {total_steps}: the run is complete (raise learner.max_steps or learner.epochs to train on)")
             self.result.checkpoint = self.resume_from
         return start_step
+
+    def check_resumed_config(self) -> None:
+        """Refuse a resume whose config changes what is trained (one line naming the key); note harmless changes."""
+        saved = self.resume_from / "config.yaml"
+        if not saved.is_file():
+            self.print(f"note: {self.resume_from} has no config.yaml (an older checkpoint); the config is not compared")
+            return
+        text = saved.read_text()
+        current = self.config.to_dict()
+        allowed, refused = config_changes(text, current)
+        if refused:
+            raise AharlError(
+                f"cannot resume from {self.resume_from} with a changed {describe(refused[0], text, current)}"
+                + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else "")
+                + ": it changes what the run trains; resume with the checkpoint's value, or start a new run"
+            )
+        if allowed:
+            self.print(f"note: resuming with changed {', '.join(describe(k, text, current) for k in allowed)}")
 
     def open_tracking(self) -> None:
         """wandb (a resumed run of this directory continues its wandb run); before the actors, so a missing wandb fails fast."""
@@ -149,9 +227,14 @@ class RunLifecycle:
             began = time.perf_counter()
             metrics.update(eval_metrics(self.run_eval(f"step {step}")))
             metrics["time/eval"] = time.perf_counter() - began
+        self.count_skipped_update(step, metrics, scored)
         rows = sample_rows(scored, c.logging.samples_per_step)
-        self.metrics_log.write(step, metrics)
-        self.samples_log.write(step, scored, rows)
+        try:
+            faults.reached("driver.log")
+            self.metrics_log.write(step, metrics)
+            self.samples_log.write(step, scored, rows)
+        except OSError as exc:
+            raise RunFault(f"could not write step {step}'s metrics and samples in {self.run_dir} ({exc}); {self.recovery_hint()}") from None
         self.wandb.log(step, metrics, rows)
         self.result.history.append(metrics)
         self.result.last_step = step
@@ -160,6 +243,33 @@ class RunLifecycle:
         self.progress.step_done(step, metrics["time/step"], metrics["reward/total"], line)
         if step % c.checkpoint.every_steps == 0 or step == self.total_steps or stop_requested:
             self.result.checkpoint = self.save_checkpoint(step)
+        if self.skipped_in_a_row >= c.learner.max_skipped_in_a_row:
+            raise RunFault(
+                f"{self.skipped_in_a_row} updates in a row (steps {step - self.skipped_in_a_row + 1}-{step}) were skipped for a non-finite "
+                f"loss or gradient norm; the weights are those of step {step - self.skipped_in_a_row}; lower learner.lr or check the "
+                f"reward functions, then continue: {self.recovery_hint()}"
+            )
+
+    def count_skipped_update(self, step: int, metrics: dict[str, float], scored: Sequence[ScoredGroup]) -> None:
+        """``train/skipped_steps``: the learner left the weights unchanged because the loss or gradient norm was not finite."""
+        if metrics.get("train/update_skipped", 0.0) > 0:
+            self.skipped_steps += 1
+            self.skipped_in_a_row += 1
+            prompts = [sg.group.prompt.index for sg in scored]
+            self.progress.write(
+                f"step {step}: update skipped, non-finite loss {metrics.get('loss')} or gradient norm {metrics.get('grad_norm')} "
+                f"(prompts {prompts}); {self.skipped_in_a_row} in a row, the run stops at {self.config.learner.max_skipped_in_a_row}"
+            )
+        else:
+            self.skipped_in_a_row = 0
+        metrics["train/skipped_steps"] = float(self.skipped_steps)
+
+    def recovery_hint(self) -> str:
+        """Where the run can continue from: its last complete checkpoint, named."""
+        last = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        if last is None:
+            return "no checkpoint was written yet, so the run starts over (checkpoint.every_steps sets how often one is written)"
+        return f"the last complete checkpoint is {last} (continue with: aharl train <config> resume=auto)"
 
     def stopped(self, step: int, signal_name: str, exit_code: int) -> RunResult:
         self.result.stopped_by, self.result.exit_code = signal_name, exit_code
@@ -169,7 +279,10 @@ class RunLifecycle:
     def finish(self) -> None:
         """The outputs of a finished run: the HF policy, the final evaluation and report, the plots."""
         self.progress.close()
-        final = self.export_policy(self.run_dir / "final")
+        try:
+            final = self.export_policy(self.run_dir / "final")
+        except Exception as exc:
+            raise RunFault(f"could not write the final policy to {self.run_dir / 'final'} ({write_failure(exc)}); {self.recovery_hint()}") from None
         self.print(f"policy saved to {final}")
         if self.eval_prompts:
             after = self.run_eval("after")
@@ -190,6 +303,9 @@ class RunLifecycle:
             self.progress.close()
         if self.wandb is not None:
             self.wandb.finish()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the run directory
+            self._lock = None
 
     # -- pieces ----------------------------------------------------------------
 
@@ -212,14 +328,18 @@ class RunLifecycle:
 
         def fill(staging: Path) -> None:
             self.cluster.save_learner_state(str(staging / ckpt.LEARNER_DIR))
+            faults.reached("driver.checkpoint")
             self.export_policy(staging / "hf")
             (staging / "config.yaml").write_text(dump_config(self.config))
 
         state = ckpt.TrainerState(
             step=step, total_steps=self.total_steps, sampler=self.sampler.state_dict(),
-            elapsed_s=self._elapsed(), wandb_run_id=self.wandb.run_id,
+            elapsed_s=self._elapsed(), wandb_run_id=self.wandb.run_id, skipped_steps=self.skipped_steps,
         )
-        path = ckpt.write_checkpoint(self.run_dir / "checkpoints", step, fill, state, self.config.checkpoint.keep_last)
+        try:
+            path = ckpt.write_checkpoint(self.run_dir / "checkpoints", step, fill, state, self.config.checkpoint.keep_last)
+        except Exception as exc:  # a full disk or a failing write, here or in a learner rank (torch.save says RuntimeError)
+            raise RunFault(f"could not write the step-{step} checkpoint ({write_failure(exc)}); it was discarded; {self.recovery_hint()}") from None
         self.progress.write(f"checkpoint: {path} ({time.perf_counter() - began:.1f}s)")
         return path
 

@@ -14,19 +14,20 @@ import time
 from typing import Callable, Sequence
 
 import torch
+from ray.exceptions import RayActorError
 
 from aharl.config import Config
 from aharl.data.prompts import build_prompts
 from aharl.data.sampler import PromptSampler
 from aharl.data.sources import load_rows
 from aharl.device import resolve_device
-from aharl.errors import DataError
+from aharl.errors import DataError, RunFault
 from aharl.evaluation.run import eval_prompt_set
 from aharl.grpo.advantages import advantage_metrics, group_advantages
 from aharl.grpo.batch import build_micro_batches
 from aharl.modelhub import load_tokenizer
 from aharl.rollout.engine import SamplingSettings
-from aharl.runtime.cluster import Cluster
+from aharl.runtime.cluster import Cluster, actor_death
 from aharl.runtime.logs import capture_driver_logs
 from aharl.runtime.ray_session import connect_ray
 from aharl.runtime.reward_pool import RewardPool
@@ -90,6 +91,13 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
         progress_bar = False
     device = resolve_device(config)
     run = RunLifecycle(config, print_fn, progress_bar)
+    try:
+        return _train(config, run, device, print_fn, library_logs)
+    finally:
+        run.close()
+
+
+def _train(config: Config, run: RunLifecycle, device: str, print_fn: Callable[[str], None], library_logs: bool) -> RunResult:
     log_dir = run.run_dir / "logs" if library_logs else None
     if log_dir is not None:
         capture_driver_logs(log_dir)
@@ -121,6 +129,7 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
         f"{plural(config.placement.learner_gpus, 'learner rank')}, {config.rewards.num_workers} reward workers "
         f"in {time.perf_counter() - started:.0f}s; {cluster.sync_choice.line()}"
     )
+    step = start_step
     try:
         run.attach(cluster, rewards, tokenizer, sampler, eval_prompts)
         gate = SyncGate(config.sync)
@@ -136,8 +145,12 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
                 if stop.requested:
                     return run.stopped(step, stop.requested, stop.exit_code)
             run.finish()
+    except RunFault as fault:
+        hint = run.recovery_hint()  # the faults raised by the run's own bookkeeping name it already
+        raise RunFault(f"step {step}: {fault}" if hint in str(fault) else f"step {step}: {fault}; {hint}") from None
+    except RayActorError as exc:  # an actor died where no retry applies (an export, a sync, a checkpoint)
+        raise RunFault(f"step {step}: an actor died ({actor_death(exc)}); {run.recovery_hint()}") from None
     finally:
-        run.close()
         rewards.shutdown()
         cluster.shutdown()
     return run.result

