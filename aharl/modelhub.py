@@ -31,12 +31,42 @@ def resolve_model_path(path: str) -> str:
         return str(_smollm2_dir())
     local = Path(path).expanduser()
     if local.exists():
-        if not (local / "config.json").is_file():
-            raise AharlError(f"model path {path} has no config.json; point model.path at a Hugging Face model directory")
+        check_model_directory(local, path)
         return str(local)
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise AharlError(f"model path {path} does not exist; pass an existing directory, a hub id, or {SMOLLM2_ALIAS}")
     return path  # a hub id; loading reports if the hub cannot be reached
+
+
+# Weight files transformers and vLLM load from a model directory (single or sharded).
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+# Files a tokenizer loads from; a directory with none of them has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_directory(local: Path, shown: str) -> None:
+    """Fail in one line, before anything starts, on a directory that transformers or vLLM could not load.
+
+    Without this a missing weight file surfaces minutes later as an actor's
+    traceback in the rollout engine's log.
+    """
+    if not local.is_dir():
+        raise AharlError(f"model path {shown} is a file; point model.path at a Hugging Face model directory")
+    config_file = local / "config.json"
+    if not config_file.is_file():
+        raise AharlError(f"model path {shown} has no config.json; point model.path at a Hugging Face model directory")
+    try:
+        config = json.loads(config_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise AharlError(f"model path {shown}: config.json is damaged ({reason}); copy the model directory again") from None
+    if not isinstance(config, dict):
+        raise AharlError(f"model path {shown}: config.json is not a JSON object; copy the model directory again")
+    if not any(next(local.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise AharlError(
+            f"model path {shown} has no weights ({' or '.join(WEIGHT_PATTERNS)}); copy the whole model directory, "
+            "or save it with model.save_pretrained(...)"
+        )
 
 
 def load_tokenizer(path: str):
@@ -48,13 +78,22 @@ def tokenizer_from(directory: str, shown: str | None = None):
     """The tokenizer in ``directory`` (a model's or a tokenizer-only one), with a pad token."""
     from transformers import AutoTokenizer
 
+    local = Path(directory)
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        raise AharlError(
+            f"cannot load the tokenizer of {shown or directory!r}: the directory has none of {', '.join(TOKENIZER_FILES)}; "
+            "save the tokenizer there too (tokenizer.save_pretrained(...))"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except Exception as exc:
-        raise AharlError(
-            f"cannot load the tokenizer of {shown or directory!r} ({type(exc).__name__}); without network use a local "
-            f"directory or model.path={SMOLLM2_ALIAS}"
-        ) from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+        fix = (
+            "its tokenizer files may be damaged; copy the directory again" if local.is_dir()
+            else f"without network use a local directory or model.path={SMOLLM2_ALIAS}"
+        )
+        raise AharlError(f"cannot load the tokenizer of {shown or directory!r} ({reason}); {fix}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

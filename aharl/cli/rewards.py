@@ -8,20 +8,29 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from aharl.errors import AharlError
+from aharl.errors import AharlError, ConfigError
 
 SCORE_CHUNK_ROWS = 256
+# Malformed rows named one by one; the rest are only counted, so a wrong file does not flood the terminal.
+SHOWN_BAD_ROWS = 5
 
 
 def rewards_score(args: argparse.Namespace) -> int:
     from aharl.rewards.registry import resolve_reward_functions
     from aharl.rewards.scoring import score_completions
 
-    functions = resolve_reward_functions([e.strip() for e in args.rewards.split(",") if e.strip()])
+    try:
+        functions = resolve_reward_functions([e.strip() for e in args.rewards.split(",") if e.strip()])
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.problem, exc.fix, "--rewards") from None
     path = Path(args.input)
     if not path.is_file():
-        raise AharlError(f"input file {path} does not exist; pass a JSONL file of {{\"completion\": ..., \"answer\": ...}} rows")
-    out: TextIO = open(args.output, "w") if args.output else sys.stdout
+        state = "is a directory" if path.is_dir() else "does not exist"
+        raise AharlError(f"input file {path} {state}; pass a JSONL file of {{\"completion\": ..., \"answer\": ...}} rows")
+    try:
+        out: TextIO = open(args.output, "w") if args.output else sys.stdout
+    except OSError as exc:
+        raise AharlError(f"cannot write --output {args.output} ({exc.strerror or type(exc).__name__}); pass a file in an existing directory") from None
     bad = 0
     pending: list[tuple[str, str]] = []
 
@@ -38,14 +47,15 @@ def rewards_score(args: argparse.Namespace) -> int:
         pending.clear()
 
     try:
-        with path.open() as rows:
-            for number, line in enumerate(rows, start=1):
-                if not line.strip():
+        with path.open("rb") as rows:  # bytes: one line that is not UTF-8 is skipped, not the whole file
+            for number, raw in enumerate(rows, start=1):
+                if not raw.strip():
                     continue
-                problem, row = _parse_score_row(line)
+                problem, row = _parse_score_row(raw)
                 if problem:
                     bad += 1
-                    print(f"aharl: {path}:{number}: {problem}; skipped", file=sys.stderr)
+                    if bad <= SHOWN_BAD_ROWS:
+                        print(f"aharl: {path}:{number}: {problem}; skipped", file=sys.stderr)
                     continue
                 pending.append(row)
                 if len(pending) >= SCORE_CHUNK_ROWS:
@@ -55,12 +65,17 @@ def rewards_score(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     if bad:
-        print(f"aharl: {bad} malformed row(s) skipped; each needs string fields \"completion\" and \"answer\"", file=sys.stderr)
+        more = f" (the first {SHOWN_BAD_ROWS} shown above)" if bad > SHOWN_BAD_ROWS else ""
+        print(f"aharl: {bad} malformed row(s) skipped{more}; each needs string fields \"completion\" and \"answer\" on a UTF-8 JSON line", file=sys.stderr)
         return 1
     return 0
 
 
-def _parse_score_row(line: str) -> tuple[str | None, tuple[str, str]]:
+def _parse_score_row(raw: bytes) -> tuple[str | None, tuple[str, str]]:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})", ("", "")
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:

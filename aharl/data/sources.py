@@ -7,8 +7,11 @@ failure into one line that says what to pass instead.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from aharl.config import DataConfig
 from aharl.data.synthetic import make_dataset
@@ -30,7 +33,23 @@ def load_rows(config: DataConfig) -> list[dict[str, Any]]:
             f"data source {config.source} has no column {missing[0]!r} (it has: {', '.join(dataset.column_names)}); "
             "set data.question_column / data.answer_column"
         )
-    return dataset.to_list()
+    try:
+        return dataset.to_list()
+    except Exception as exc:  # the file's values decode only here (e.g. bytes a format check did not cover)
+        cause = _root_cause(exc)
+        raise DataError(f"cannot read the rows of data source {config.source} ({type(cause).__name__}: {_first_line(str(cause))}); check the file's encoding (UTF-8) and values") from None
+
+
+@contextlib.contextmanager
+def _datasets_logs_quiet() -> Iterator[None]:
+    """``datasets`` logs a file it cannot read at ERROR on stderr; aharl reports it as its own one line instead."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _load_dataset(config: DataConfig):
@@ -39,10 +58,18 @@ def _load_dataset(config: DataConfig):
     datasets.disable_progress_bars()
     path = Path(config.source).expanduser()
     loader = _FILE_LOADERS.get(path.suffix.lower())
+    with _datasets_logs_quiet():
+        return _load(datasets, config, path, loader)
+
+
+def _load(datasets, config: DataConfig, path: Path, loader: str | None):
     try:
         if loader is not None:
             if not path.is_file():
-                raise DataError(f"data file {config.source} does not exist; pass an existing .jsonl/.json/.parquet/.csv file or a hub id")
+                state = "is a directory" if path.is_dir() else "does not exist"
+                raise DataError(f"data file {config.source} {state}; pass an existing .jsonl/.json/.parquet/.csv file or a hub id")
+            if loader != "parquet":
+                check_text_file(path, json_lines=path.suffix.lower() == ".jsonl")
             return datasets.load_dataset(loader, data_files=str(path), split="train")
         if path.is_dir():
             return datasets.load_dataset(str(path), split=config.split)
@@ -52,8 +79,61 @@ def _load_dataset(config: DataConfig):
     except DataError:
         raise
     except Exception as exc:
-        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        cause = _root_cause(exc)
+        if loader is not None or path.is_dir():
+            # A local file: the network advice below would mislead; the parser's own words say what is wrong.
+            raise DataError(
+                f"cannot read data file {config.source} ({type(cause).__name__}: {_first_line(str(cause))}); "
+                f"check that it is a valid {path.suffix.lstrip('.') or 'dataset'} file with a {config.question_column!r} and an {config.answer_column!r} column"
+            ) from None
         raise DataError(
-            f"cannot load data source {config.source!r} ({type(exc).__name__}: {first_line}); "
+            f"cannot load data source {config.source!r} ({type(exc).__name__}: {_first_line(str(exc))}); "
             "without network pass a local file (data.source=path/to/train.jsonl) or data.source=synthetic"
         ) from None
+
+
+def check_text_file(path: Path, json_lines: bool) -> None:
+    """One line naming the first line of ``path`` that is not UTF-8 (or, for JSON lines, not a JSON object).
+
+    ``datasets`` reports these as a generic generation error, or (bad bytes
+    inside a string) not at all until the rows are read back; a line number
+    lets the user fix the file.
+    """
+    seen_row = False
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"data file {path} line {number} is not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                    "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+            if not line.strip():
+                continue
+            seen_row = True
+            if json_lines:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"data file {path} line {number} is not valid JSON (column {exc.colno}: {exc.msg}); fix or remove that line") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"data file {path} line {number} is a JSON {type(row).__name__}, not an object; write one {{\"question\": ..., \"answer\": ...}} object per line")
+    if not seen_row:
+        raise DataError(f"data file {path} is empty; pass a file with question/answer rows")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception: ``datasets`` wraps the parser's error (which names the problem) in its own."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        if inner is None or id(inner) in seen:  # a chain may loop back on itself
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else "")[:limit]

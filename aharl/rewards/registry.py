@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,7 @@ from aharl.config import Config
 from aharl.errors import ConfigError
 from aharl.rewards import arithmetic, corrected, reference
 from aharl.rewards.reference import RewardFn
+from aharl.rewards.scoring import first_line
 
 REWARDS: dict[str, RewardFn] = {
     "xmlcount": reference.xmlcount,
@@ -86,12 +88,34 @@ def load_user_function(spec: str) -> RewardFn:
             module = importlib.import_module(target)
     except ConfigError:
         raise
-    except Exception as exc:  # user code: a syntax error, a missing import, anything
-        raise ConfigError("rewards.functions", f"entry {spec!r} failed to import: {type(exc).__name__}: {exc}", fix) from None
+    except BaseException as exc:  # user code: a syntax error, a missing import, sys.exit(), anything
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise ConfigError("rewards.functions", f"entry {spec!r} failed to import: {type(exc).__name__}: {first_line(str(exc))}", fix) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError("rewards.functions", f"entry {spec!r}: {target} has no function {attr!r}", fix)
+    problem = _signature_problem(fn)
+    if problem:
+        raise ConfigError("rewards.functions", f"entry {spec!r} {problem}", "define it as def f(completions, answers) returning one float per completion")
     return fn
+
+
+def _signature_problem(fn: RewardFn) -> str | None:
+    """Why ``fn(completions, answers)`` cannot be called, or None (also when the signature cannot be read).
+
+    Checked at load, so a wrong signature fails before the model loads rather
+    than as a TypeError in the first step's scoring.
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C extension: nothing to check
+        return None
+    try:
+        signature.bind([], [])
+    except TypeError as exc:
+        return f"cannot be called as f(completions, answers): its signature is {signature} ({exc})"
+    return None
 
 
 def check_reward_config(config: Config) -> None:

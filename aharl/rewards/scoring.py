@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -21,20 +22,44 @@ class RewardScores:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+def first_line(text: str, limit: int = 300) -> str:
+    """The first non-empty line of ``text`` (an exception's message from user code may span many), cut at ``limit``."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    shown = lines[0] if lines else ""
+    if len(lines) > 1 or len(shown) > limit:
+        shown = shown[:limit] + " ..."
+    return shown
+
+
+# What a reward may return instead of a list: a sequence in the completions' order.
+# A string, a mapping or a set iterates, but not as one number per completion.
+_NOT_A_LIST = (str, bytes, dict, set, frozenset)
+
+
 def call_reward(name: str, fn: RewardFn, completions: Sequence[str], answers: Sequence[str]) -> list[float]:
     """Run one reward function and check it returned one finite number per completion."""
     try:
-        values = list(fn(list(completions), list(answers)))
+        returned = fn(list(completions), list(answers))
     except Exception as exc:  # user code may raise anything
-        raise RewardError(f"reward function `{name}` raised {type(exc).__name__}: {exc}") from exc
+        raise RewardError(f"reward function `{name}` raised {type(exc).__name__}: {first_line(str(exc))}") from exc
+    fix = f"return a list of {len(completions)} floats, one per completion, in order"
+    if returned is None:
+        raise RewardError(f"reward function `{name}` returned None (a missing return statement?); {fix}")
+    if isinstance(returned, _NOT_A_LIST) or not isinstance(returned, Iterable):
+        raise RewardError(f"reward function `{name}` returned a {type(returned).__name__} ({first_line(repr(returned), 60)}), not a list; {fix}")
+    values = list(returned)
     if len(values) != len(completions):
         raise RewardError(f"reward function `{name}` returned {len(values)} values for {len(completions)} completions; return one float per completion")
-    try:
-        floats = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise RewardError(f"reward function `{name}` returned a non-number ({values[:3]!r}...); return floats") from None
-    if not all(math.isfinite(v) for v in floats):
-        raise RewardError(f"reward function `{name}` returned NaN or infinity; return finite floats")
+    floats = []
+    for position, value in enumerate(values):
+        try:
+            floats.append(float(value))
+        except (TypeError, ValueError):
+            shown = first_line(repr(value), 60)
+            raise RewardError(f"reward function `{name}` returned a non-number at position {position} ({shown}); {fix}") from None
+    bad = next((i for i, v in enumerate(floats) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise RewardError(f"reward function `{name}` returned {floats[bad]} (NaN or infinity) at position {bad}; return finite floats")
     return floats
 
 
