@@ -11,6 +11,7 @@ import sys
 from dataclasses import asdict
 
 import pytest
+import torch
 import yaml
 
 from aharl.cli.main import main
@@ -84,6 +85,7 @@ def test_resume_with_a_changed_math_key_is_refused_naming_the_key(tmp_path, smol
     shutil.copytree(config.model.path, checkpoint / "hf")  # a whole checkpoint's parts
     (checkpoint / "learner").mkdir()
     (checkpoint / "learner" / "latest").write_text("global_step3")
+    torch.save({}, checkpoint / "learner" / "mp_rank_00_model_states.pt")
     sampler = {"epoch": 0, "position": 3, "num_prompts": 400, "seed": config.data.seed}
     (checkpoint / STATE_FILE).write_text(json.dumps(asdict(TrainerState(step=3, total_steps=16, sampler=sampler))))
     saved = dump_config(load_config(EMPTY_CONFIG, [*argv[2:], "rollout.n=4"]))
