@@ -32,6 +32,9 @@ from aharl.learner.learner import Learner, sync_metrics
 from aharl.types import Prompt, RolloutGroup
 
 PLACEMENT_TIMEOUT_S = 120
+# How long the engines get to stop vLLM's engine core themselves before they are killed
+# (a second or two normally; a hung engine never answers, so this bounds the wait).
+ENGINE_STOP_GRACE_S = 10
 
 log = logging.getLogger("aharl")
 
@@ -318,7 +321,7 @@ class Cluster:
         leaves its shared memory in /dev/shm); a dead or stuck one is killed anyway.
         """
         stops = [rollout.shutdown.remote() for rollout in self.rollouts]
-        ray.wait(stops, num_returns=len(stops), timeout=30)
+        ray.wait(stops, num_returns=len(stops), timeout=ENGINE_STOP_GRACE_S)
         for actor in [*self.rollouts, *self.learners]:
             ray.kill(actor, no_restart=True)
         remove_placement_group(self.pg)
