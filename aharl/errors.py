@@ -9,6 +9,15 @@ these, because the fix is in the user's input, not in aharl.
 from __future__ import annotations
 
 
+def first_line(text: str, limit: int = 300) -> str:
+    """The first non-empty line of ``text`` (an exception's message may span many), cut at ``limit``; `` ...`` marks a cut."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    shown = lines[0] if lines else ""
+    if len(lines) > 1 or len(shown) > limit:
+        shown = shown[:limit] + " ..."
+    return shown
+
+
 class AharlError(Exception):
     """A problem with the user's input, described in one line with its fix."""
 

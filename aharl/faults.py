@@ -41,12 +41,18 @@ class Failpoint:
     action: str
     first: int
     last: int | None  # None: every call from ``first`` on
-    extra: tuple[int, ...] = ()
 
     def matches(self, call: int) -> bool:
-        if call in self.extra:
-            return True
         return call >= self.first and (self.last is None or call <= self.last)
+
+
+def _calls_of(calls: str) -> list[tuple[int, int | None]]:
+    """``3`` / ``2-3`` / ``2-`` / ``2,5`` as ``(first, last)`` ranges."""
+    ranges: list[tuple[int, int | None]] = []
+    for part in calls.split(","):
+        lo, dash, hi = part.partition("-")
+        ranges.append((int(lo), (int(hi) if hi else None) if dash else int(lo)))
+    return ranges
 
 
 def parse(spec: str) -> dict[str, list[Failpoint]]:
@@ -60,17 +66,7 @@ def parse(spec: str) -> dict[str, list[Failpoint]]:
             raise ValueError(f"{ENV} entry {entry!r} is not point:action@calls") from None
         if action not in ACTIONS:
             raise ValueError(f"{ENV} entry {entry!r}: action must be one of {', '.join(ACTIONS)}")
-        if "," in calls:
-            numbers = tuple(int(c) for c in calls.split(","))
-            fp = Failpoint(point, action, first=10**12, last=None, extra=numbers)
-        elif calls.endswith("-"):
-            fp = Failpoint(point, action, first=int(calls[:-1]), last=None)
-        elif "-" in calls:
-            lo, hi = calls.split("-")
-            fp = Failpoint(point, action, first=int(lo), last=int(hi))
-        else:
-            fp = Failpoint(point, action, first=int(calls), last=int(calls))
-        points.setdefault(point, []).append(fp)
+        points.setdefault(point, []).extend(Failpoint(point, action, first, last) for first, last in _calls_of(calls))
     return points
 
 

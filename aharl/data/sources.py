@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from aharl.config import DataConfig
 from aharl.data.synthetic import make_dataset
-from aharl.errors import DataError
+from aharl.errors import DataError, first_line
 
 SYNTHETIC = "synthetic"
 _FILE_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -37,7 +37,7 @@ def load_rows(config: DataConfig) -> list[dict[str, Any]]:
         return dataset.to_list()
     except Exception as exc:  # the file's values decode only here (e.g. bytes a format check did not cover)
         cause = _root_cause(exc)
-        raise DataError(f"cannot read the rows of data source {config.source} ({type(cause).__name__}: {_first_line(str(cause))}); check the file's encoding (UTF-8) and values") from None
+        raise DataError(f"cannot read the rows of data source {config.source} ({type(cause).__name__}: {first_line(str(cause))}); check the file's encoding (UTF-8) and values") from None
 
 
 @contextlib.contextmanager
@@ -83,11 +83,11 @@ def _load(datasets, config: DataConfig, path: Path, loader: str | None):
         if loader is not None or path.is_dir():
             # A local file: the network advice below would mislead; the parser's own words say what is wrong.
             raise DataError(
-                f"cannot read data file {config.source} ({type(cause).__name__}: {_first_line(str(cause))}); "
+                f"cannot read data file {config.source} ({type(cause).__name__}: {first_line(str(cause))}); "
                 f"check that it is a valid {path.suffix.lstrip('.') or 'dataset'} file with a {config.question_column!r} and an {config.answer_column!r} column"
             ) from None
         raise DataError(
-            f"cannot load data source {config.source!r} ({type(exc).__name__}: {_first_line(str(exc))}); "
+            f"cannot load data source {config.source!r} ({type(exc).__name__}: {first_line(str(exc))}); "
             "without network pass a local file (data.source=path/to/train.jsonl) or data.source=synthetic"
         ) from None
 
@@ -132,8 +132,3 @@ def _root_cause(exc: BaseException) -> BaseException:
             return exc
         seen.add(id(inner))
         exc = inner
-
-
-def _first_line(text: str, limit: int = 200) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return (lines[0] if lines else "")[:limit]

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Sequence
 
 from aharl.config import Config
-from aharl.errors import ConfigError
+from aharl.errors import ConfigError, first_line
 from aharl.rewards import arithmetic, corrected, reference
 from aharl.rewards.reference import RewardFn
-from aharl.rewards.scoring import first_line
 
 REWARDS: dict[str, RewardFn] = {
     "xmlcount": reference.xmlcount,

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from aharl.errors import RewardError
+from aharl.errors import RewardError, first_line
 from aharl.rewards.reference import RewardFn
 from aharl.types import RolloutGroup, ScoredGroup
 
@@ -20,15 +20,6 @@ class RewardScores:
     total: list[float]
     # Function name -> error message, for functions that failed and scored 0.
     errors: dict[str, str] = field(default_factory=dict)
-
-
-def first_line(text: str, limit: int = 300) -> str:
-    """The first non-empty line of ``text`` (an exception's message from user code may span many), cut at ``limit``."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    shown = lines[0] if lines else ""
-    if len(lines) > 1 or len(shown) > limit:
-        shown = shown[:limit] + " ..."
-    return shown
 
 
 # What a reward may return instead of a list: a sequence in the completions' order.

@@ -19,7 +19,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from aharl import faults
 from aharl.config import Config
-from aharl.errors import AharlError, RunFault
+from aharl.errors import AharlError, RunFault, first_line
 from aharl.runtime.logs import logged_actor
 from aharl.runtime.placement import ActorSlot, Layout, plan_layout
 from aharl.rollout.engine import SamplingSettings, engine_class
@@ -41,8 +41,7 @@ log = logging.getLogger("aharl")
 
 def actor_death(exc: RayActorError) -> str:
     """The first line of Ray's account of an actor's death (the rest is a long, repeated explanation)."""
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return first_line(str(exc)) or type(exc).__name__
 
 
 def rollout_env() -> dict[str, str]:

@@ -119,8 +119,12 @@ def write_checkpoint(root: Path, step: int, fill: Callable[[Path], None], state:
 
 
 def read_checkpoint(path: Path) -> TrainerState:
-    """The trainer state of a checkpoint directory; the driver's RNG states are restored too."""
-    state = check_checkpoint(path)
+    """The trainer state of a checkpoint directory; the driver's RNG states are restored too.
+
+    The checkpoint's parts were checked whole when ``resume=`` was resolved
+    (:func:`resolve_resume`); here only the state file is read and checked.
+    """
+    state = _read_state(path)
     rng_file = path / RNG_FILE
     if rng_file.is_file():
         try:
@@ -238,7 +242,8 @@ def _parts_problem(path: Path) -> str | None:
     learner, hf = path / LEARNER_DIR, path / HF_DIR
     if not any(p.exists() for p in (learner, hf, path / CONFIG_FILE)):
         return None
-    if not learner.is_dir() or next(learner.rglob("*.pt"), None) is None:
+    states = sorted(learner.rglob("*.pt")) if learner.is_dir() else []
+    if not states:
         # DeepSpeed writes its states as *.pt under learner/<tag>/; its helper scripts beside them are no state.
         return f"{LEARNER_DIR}/ is missing or has no state files (*.pt: the weights and optimizer state a resume loads)"
     if not (hf / "config.json").is_file():
@@ -246,7 +251,7 @@ def _parts_problem(path: Path) -> str | None:
     weights = sorted(hf.glob("*.safetensors")) + sorted(hf.glob("*.bin"))
     if not weights:
         return f"{HF_DIR}/ has no weight files"
-    for file in weights + sorted(learner.rglob("*.pt")) + [path / RNG_FILE]:
+    for file in weights + states + [path / RNG_FILE]:
         problem = _file_problem(file)
         if problem:
             return f"{file.relative_to(path)} {problem}"
