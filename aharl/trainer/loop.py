@@ -24,7 +24,7 @@ from aharl.device import resolve_device
 from aharl.errors import DataError, RunFault
 from aharl.evaluation.run import eval_prompt_set
 from aharl.grpo.advantages import advantage_metrics, group_advantages
-from aharl.grpo.batch import build_micro_batches
+from aharl.grpo.batch import build_micro_batches, layout_metrics
 from aharl.modelhub import load_tokenizer
 from aharl.rollout.engine import SamplingSettings
 from aharl.runtime.cluster import Cluster, actor_death
@@ -53,7 +53,10 @@ def grpo_step(step: int, prompts: Sequence[Prompt], cluster: Cluster, rewards: R
 
     totals = torch.tensor([r for sg in scored for r in sg.total])  # [prompts * G]
     advantages = group_advantages(totals, config.rollout.n, scale_by_std=g.scale_advantages_by_std, stats=g.advantage_stats, eps=g.advantage_eps)  # [prompts * G]
-    micro_batches = build_micro_batches(scored, advantages, config.learner.micro_batch_prompts, pad_id)
+    lc = config.learner
+    micro_batches = build_micro_batches(
+        scored, advantages, lc.micro_batch_prompts, pad_id, packing=lc.packing, max_tokens=lc.max_tokens_per_micro_batch, world_size=config.placement.learner_gpus
+    )
     num_tokens = float(sum(mb.completion_mask.sum().item() for mb in micro_batches))
 
     syncs = step % config.sync.interval_steps == 0
@@ -67,6 +70,7 @@ def grpo_step(step: int, prompts: Sequence[Prompt], cluster: Cluster, rewards: R
     metrics.update(rollout_metrics(scored))
     metrics.update(advantage_metrics(totals, advantages, config.rollout.n))
     metrics.update(reward_errors)
+    metrics.update(layout_metrics(micro_batches))
     metrics["time/generate"] = t1 - t0
     metrics["time/reward"] = t2 - t1
     metrics["time/step"] = time.perf_counter() - t0
