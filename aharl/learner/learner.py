@@ -18,12 +18,13 @@ import torch
 from aharl import faults
 from aharl.config import Config
 from aharl.device import resolve_device, training_dtype
+from aharl.errors import ConfigError
 from aharl.modelhub import resolve_model_path
 from aharl.rng import restore_rng_state, rng_state
 from aharl.sync import cuda_ipc, nccl, shm
 from aharl.sync.buckets import plan_buckets
 from aharl.grpo.batch import MicroBatch, pad_sequences
-from aharl.grpo.logprobs import token_entropy, token_logprobs
+from aharl.learner.forward import completion_logprobs, supports_shared_prefix
 from aharl.grpo.loss import grpo_loss
 
 CHECKPOINT_TAG = "state"
@@ -142,6 +143,10 @@ class Learner:
         path = resolve_model_path(config.model.path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
         model.config.use_cache = False
+        if config.learner.packing == "shared_prefix" and not supports_shared_prefix(model):
+            raise ConfigError(
+                "learner.packing", f"= shared_prefix needs an attention that takes a 4D mask, not {model.config._attn_implementation}", "set learner.packing=padded"
+            )
         if config.learner.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference = None
@@ -171,21 +176,19 @@ class Learner:
             lr_scheduler=scheduler,
             config=deepspeed_config(config, self.dtype, world_size),
         )
+        # from_pretrained returns the model in eval mode, and HF checkpoints a
+        # layer's activations only in training mode: without this,
+        # gradient_checkpointing would be configured but never in effect.
+        self.engine.train()
         self._ipc_buffers: list[Any] = []  # packed buckets the rollout worker may still be reading
         self._broadcast: nccl.Group | None = None
 
     # ------------------------------------------------------------------
     # Log-probs
 
-    def _policy_logp(self, model: torch.nn.Module, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs ``[S, C]`` of the completion tokens, and the logits ``[S, C, V]`` they came from."""
-        logits = model(
-            input_ids=mb.input_ids,
-            attention_mask=mb.attention_mask,
-            position_ids=mb.position_ids,
-            logits_to_keep=mb.completion_len + 1,
-        ).logits[:, :-1]  # [S, C, V]: position P-1+t predicts completion token t
-        return token_logprobs(logits, mb.completion_ids, self.config.learner.logprob_chunk_rows), logits
+    def _policy_logp(self, model: torch.nn.Module, mb: MicroBatch, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs ``[S, C]`` of the completion tokens and, if asked, the entropy ``[S, C]`` (:mod:`aharl.learner.forward`)."""
+        return completion_logprobs(model, mb, self.config.learner.logprob_chunk_rows, entropy)
 
     @torch.no_grad()
     def completion_logprobs(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
@@ -234,7 +237,10 @@ class Learner:
         skipped = 0  # optimizer steps DeepSpeed skipped for a non-finite gradient norm
         for update in range(cfg.updates_per_batch):
             for i, mb in enumerate(batches):
-                logp, logits = self._policy_logp(self.engine, mb)
+                # A token budget makes the count of micro-batches vary by step,
+                # so the last one, not DeepSpeed's fixed count, ends the accumulation.
+                self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
+                logp, entropy = self._policy_logp(self.engine, mb, entropy=True)
                 mask = mb.completion_mask
                 if update == 0:
                     # Before any update this is the policy that sampled: it must
@@ -259,7 +265,7 @@ class Learner:
                     max_completion_tokens=self.config.rollout.max_tokens,
                     num_sequences=num_sequences,
                     num_tokens=num_tokens,
-                    entropy=token_entropy(logits.detach(), self.config.learner.logprob_chunk_rows),
+                    entropy=entropy,
                 )
                 loss = out.loss
                 if faults.reached("learner.loss") == "nan":  # a test's injected fault
