@@ -22,7 +22,7 @@ PACKAGE = REPO / "aharl"
 FLOORS: list[set[str]] = [
     {""},
     {"grpo", "sync"},
-    {"data", "rewards", "tracking"},
+    {"data", "rewards", "tracking", "planning"},
     {"rollout", "learner"},
     {"evaluation"},
     {"runtime"},
@@ -32,7 +32,7 @@ FLOORS: list[set[str]] = [
 ]
 FLOOR_OF = {package: level for level, packages in enumerate(FLOORS) for package in packages}
 # Floors whose modules run inside actors or are pure computation: no Ray there.
-RAY_FREE = {"", "grpo", "sync", "data", "rewards", "tracking", "rollout", "learner", "evaluation"}
+RAY_FREE = {"", "grpo", "sync", "data", "rewards", "tracking", "planning", "rollout", "learner", "evaluation"}
 
 
 def package_of(module: str) -> str:

@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("-v", "--verbose", action="store_true", help="show Ray / vLLM / DeepSpeed output on the console instead of runs/NAME/logs/")
     train.set_defaults(run=_train)
 
+    plan = commands.add_parser("plan", help="will it fit? the predicted peak memory of every part, per GPU (exit 2 when it does not fit)")
+    plan.add_argument("file", help="a shipped config's name or a YAML file")
+    plan.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.micro_batch_prompts=1")
+    plan.add_argument("--gpu-memory-gib", type=float, default=None, help="memory of each GPU (default: the local GPU's, else 24)")
+    plan.set_defaults(run=_plan)
+
     configs = commands.add_parser("configs", help="list the shipped configs (usable by name from any directory)")
     configs.set_defaults(run=_configs)
 
@@ -170,6 +176,12 @@ def _report(args: argparse.Namespace) -> int:
     from aharl.cli.evaluate import run_report_command
 
     return run_report_command(args)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from aharl.cli.plan import run_plan
+
+    return run_plan(args)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -8,13 +8,14 @@ steps, so the loop reads as the algorithm.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from aharl.config import Config, dump_config
+from aharl.config import Config, dump_config, load_config
 from aharl.data.sampler import PromptSampler
 from aharl import faults
 from aharl.errors import AharlError, RunFault
@@ -42,6 +43,48 @@ class RunResult:
     stopped_by: str | None = None
     exit_code: int = 0
     checkpoint: Path | None = None
+
+
+def check_memory_plan(config: Config) -> None:
+    """Refuse, in one line, a config whose memory plan does not fit this machine's GPU.
+
+    Runs only when the run is on CUDA and the driver sees a GPU (or
+    ``placement.gpu_memory_gib`` says its size): a driver on a CPU-only head
+    node of a Ray cluster cannot know the workers' GPUs, so there the check
+    is skipped (``aharl plan --gpu-memory-gib N`` answers it by hand).
+    """
+    import torch
+
+    from aharl.device import resolve_device
+    from aharl.planning.memory import model_shape, plan_with_fix, refusal
+
+    if resolve_device(config) != "cuda":
+        return
+    gpu_gib = config.placement.gpu_memory_gib
+    if gpu_gib is None:
+        if not torch.cuda.is_available():
+            return
+        gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    try:
+        model_shape(config.model.path)
+    except AharlError as exc:  # a hub model outside the built-in table: the hub loads it; the plan cannot size it
+        logging.getLogger("aharl.trainer").warning("memory plan skipped: %s", exc)
+        return
+    plan = plan_with_fix(config, gpu_gib, lambda extra: load_config(None, [*config_overrides(config), *extra]))
+    if not plan.fits:
+        raise AharlError(refusal(plan))
+
+
+def config_overrides(config: Config) -> list[str]:
+    """``config`` as dotted ``key=value`` overrides (JSON values), so a candidate change can be re-checked on top of it."""
+    import json
+
+    def walk(prefix: str, node: Any) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [item for key, value in node.items() for item in walk(f"{prefix}{key}.", value)]
+        return [f"{prefix[:-1]}={json.dumps(node)}"]
+
+    return walk("", config.to_dict())
 
 
 def run_directory(config: Config) -> Path:
@@ -123,6 +166,8 @@ class RunLifecycle:
         self.wandb: WandbRun | None = None
         self.progress: Progress | None = None
         self._lock: int | None = None
+        # Will it fit? Checked before anything starts (docs/memory-plan.md).
+        check_memory_plan(config)
         # Read-only checks first: a bad resume target creates no directory.
         self.resume_from = ckpt.resolve_resume(config.resume, self.run_dir)
         if self.resume_from is not None:
