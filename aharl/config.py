@@ -168,6 +168,12 @@ class GRPOConfig:
     # ``sequence``: mean per completion, then mean (the reference); ``token``:
     # every token weighs the same (DAPO); ``dr_grpo``: sum / (completions x max_tokens).
     loss_aggregation: Literal["sequence", "token", "dr_grpo"] = "sequence"
+    # Correct for the rollout engine's log-probs differing from the learner's
+    # (grpo/loss.py::rollout_correction_weights): ``tis`` weights each token by
+    # min(rho, cap), ``mis`` drops completions whose mean log-ratio leaves
+    # [-log cap, log cap]; ``none`` is the reference recipe.
+    rollout_correction: Literal["none", "tis", "mis"] = "none"
+    rollout_correction_cap: float = 2.0
     # False is Dr. GRPO: advantages are centred but not divided by the std.
     scale_advantages_by_std: bool = True
     advantage_stats: Literal["group", "batch"] = "group"
@@ -607,6 +613,7 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
     require(lr.epochs >= 1, "learner.epochs", f"= {lr.epochs} must be at least 1", "set it to 1 or more")
     require(lr.max_steps is None or lr.max_steps >= 1, "learner.max_steps", f"= {lr.max_steps} must be at least 1", "set it to a positive number, or null for whole epochs")
     require(g.beta >= 0, "grpo.beta", f"= {g.beta} must not be negative", "set it to 0 (no KL) or e.g. 0.04")
+    require(g.rollout_correction_cap > 1, "grpo.rollout_correction_cap", f"= {g.rollout_correction_cap} must be above 1", "set it to e.g. 2.0")
     require(g.clip_eps_low >= 0, "grpo.clip_eps_low", f"= {g.clip_eps_low} must not be negative", "set it to e.g. 0.2")
     require(g.clip_eps_high >= 0, "grpo.clip_eps_high", f"= {g.clip_eps_high} must not be negative", "set it to e.g. 0.28")
     require(g.clip_eps_low < 1, "grpo.clip_eps_low", f"= {g.clip_eps_low} must be below 1 (the ratio's lower bound is 1 - eps)", "set it to e.g. 0.2")

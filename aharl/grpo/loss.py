@@ -28,6 +28,50 @@ from typing import Literal
 import torch
 
 Aggregation = Literal["sequence", "token", "dr_grpo"]
+RolloutCorrection = Literal["none", "tis", "mis"]
+
+
+def rollout_correction_weights(
+    old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, mode: RolloutCorrection, cap: float
+) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """Importance weights ``[S, L]`` (no gradient) for tokens sampled by a policy other than the one the loss assumes.
+
+    The surrogate's ratio is taken against ``old_logp``, the learner's own
+    log-probs of the sampling policy's weights. The tokens were drawn by the
+    rollout engine, whose log-probs ``rollout_logp`` differ by numerics
+    (bf16 kernels, another attention) and, with a one-step-off rollout, by a
+    step of training. ``rho = exp(old_logp - rollout_logp)`` per token
+    corrects the expectation back to ``old_logp``'s policy:
+
+    - ``tis`` (truncated importance sampling): each token's term is weighted
+      by ``min(rho, cap)``; the truncation bounds the variance a rare token
+      with a tiny rollout probability would bring, at a small bias.
+    - ``mis`` (masked importance sampling, per sequence): a completion whose
+      geometric-mean ratio ``exp(mean_t log rho)`` leaves ``[1/cap, cap]`` is
+      left out (weight 0), the rest keep weight 1: an outlier sequence is
+      dropped rather than shrunk.
+
+    ``none`` returns ``None`` (the loss is then exactly the uncorrected one).
+    """
+    if mode == "none":
+        return None, {}
+    with torch.no_grad():
+        m = mask.to(torch.float32)
+        log_rho = (old_logp.float() - rollout_logp.float()) * m  # [S, L]
+        n = m.sum().clamp(min=1)
+        if mode == "tis":
+            rho = torch.exp(log_rho)  # [S, L]
+            weights = rho.clamp(max=cap) * m
+            metrics = {"rollout_correction/truncated_fraction": (((rho > cap).float() * m).sum() / n).item()}
+        elif mode == "mis":
+            seq_log_rho = log_rho.sum(dim=1) / m.sum(dim=1).clamp(min=1)  # [S]
+            keep = (seq_log_rho.abs() <= torch.log(torch.tensor(cap))).float()  # [S]
+            weights = keep.unsqueeze(1) * m  # [S, L]
+            metrics = {"rollout_correction/masked_fraction": 1.0 - keep.mean().item()}
+        else:
+            raise ValueError(f"unknown rollout correction {mode!r}")
+        metrics["rollout_correction/weight_mean"] = (weights.sum() / n).item()
+    return weights, metrics
 
 
 @dataclass
@@ -84,6 +128,7 @@ def grpo_loss(
     num_sequences: int | None = None,
     num_tokens: float | None = None,
     entropy: torch.Tensor | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> GRPOLoss:
     """Per-token ``-(min(r A, clip(r) A) - beta KL)``, aggregated.
 
@@ -91,6 +136,8 @@ def grpo_loss(
     old_logp: ``[S, L]`` the policy that sampled (None: one update per batch,
     so the ratio is exactly 1 but still carries the gradient of logp).
     ref_logp: ``[S, L]`` frozen reference, needed when beta > 0.
+    is_weights: ``[S, L]`` rollout-correction weights on the policy-gradient
+    term (:func:`rollout_correction_weights`); None leaves the loss as it is.
     """
     if old_logp is None:
         old_logp = logp.detach()
@@ -99,6 +146,8 @@ def grpo_loss(
     unclipped = ratio * adv  # [S, L]
     clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * adv  # [S, L]
     surrogate = torch.minimum(unclipped, clipped)  # [S, L]
+    if is_weights is not None:
+        surrogate = surrogate * is_weights.to(surrogate.dtype)
     per_token = -surrogate
     kl = None
     if beta > 0:

@@ -25,7 +25,7 @@ from aharl.sync import cuda_ipc, nccl, shm
 from aharl.sync.buckets import plan_buckets
 from aharl.grpo.batch import MicroBatch, pad_sequences
 from aharl.learner.forward import completion_logprobs, supports_shared_prefix
-from aharl.grpo.loss import grpo_loss
+from aharl.grpo.loss import grpo_loss, rollout_correction_weights
 
 CHECKPOINT_TAG = "state"
 
@@ -252,6 +252,11 @@ class Learner:
                         sync_tokens[engine] = sync_tokens.get(engine, 0.0) + tokens
                     if cfg.updates_per_batch > 1:
                         old_logps[i] = logp.detach()
+                # The sampling policy's log-probs by the learner's numbers: what the ratio is taken against.
+                sampler_logp = old_logps[i] if old_logps[i] is not None else logp.detach()
+                is_weights, correction = rollout_correction_weights(
+                    sampler_logp, mb.rollout_logp, mask, cfg.rollout_correction, cfg.rollout_correction_cap
+                )
                 out = grpo_loss(
                     logp,
                     mb.advantages,
@@ -266,7 +271,9 @@ class Learner:
                     num_sequences=num_sequences,
                     num_tokens=num_tokens,
                     entropy=entropy,
+                    is_weights=is_weights,
                 )
+                out.metrics.update(correction)
                 loss = out.loss
                 if faults.reached("learner.loss") == "nan":  # a test's injected fault
                     loss = loss * float("nan")

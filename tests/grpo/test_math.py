@@ -206,3 +206,80 @@ def test_bf16_logprobs_keep_no_fp32_copy_for_the_backward_and_give_the_same_grad
     reference = logits.detach().float().requires_grad_()
     torch.log_softmax(reference, -1).gather(-1, ids[:, None]).sum().backward()
     assert torch.allclose(logits.grad.float(), reference.grad, atol=2e-3)
+
+
+# --- rollout correction (TIS / MIS) -------------------------------------------------
+
+
+def _correction_case(seed: int = 0):
+    torch.manual_seed(seed)
+    logp = (torch.randn(4, 6) - 2).requires_grad_()  # [S, L]
+    mask = torch.ones(4, 6)
+    mask[1, 4:] = 0
+    adv = torch.tensor([1.0, -0.5, 2.0, -1.0])
+    return logp, mask, adv
+
+
+def test_rollout_correction_none_leaves_the_loss_bit_identical():
+    from aharl.grpo.loss import rollout_correction_weights
+
+    logp, mask, adv = _correction_case()
+    rollout = logp.detach() + 0.3 * torch.randn(4, 6)
+    weights, metrics = rollout_correction_weights(logp.detach(), rollout, mask, "none", 2.0)
+    assert weights is None and metrics == {}
+    plain = grpo_loss(logp, adv, mask, aggregation="token").loss
+    corrected = grpo_loss(logp, adv, mask, aggregation="token", is_weights=weights).loss
+    assert torch.equal(plain, corrected)
+
+
+@pytest.mark.parametrize("mode", ["tis", "mis"])
+def test_rollout_correction_is_the_identity_when_the_engines_agree(mode):
+    from aharl.grpo.loss import rollout_correction_weights
+
+    logp, mask, adv = _correction_case()
+    weights, _ = rollout_correction_weights(logp.detach(), logp.detach().clone(), mask, mode, 2.0)
+    assert torch.equal(weights, mask)
+    for aggregation in ("sequence", "token", "dr_grpo"):
+        plain = grpo_loss(logp, adv, mask, aggregation=aggregation, max_completion_tokens=6)
+        corrected = grpo_loss(logp, adv, mask, aggregation=aggregation, max_completion_tokens=6, is_weights=weights)
+        assert torch.equal(plain.loss, corrected.loss)
+
+
+def test_tis_truncates_the_ratio_and_mis_drops_whole_sequences():
+    from aharl.grpo.loss import rollout_correction_weights
+
+    logp, mask, adv = _correction_case()
+    rollout = logp.detach().clone()
+    rollout[0, 2] -= 3.0  # the engine found this token far less likely: rho = e^3, truncated to the cap
+    rollout[2] += 1.0  # the whole of sequence 2 likelier in the engine: rho = e^-1 everywhere, below 1/cap
+    tis, tis_metrics = rollout_correction_weights(logp.detach(), rollout, mask, "tis", 2.0)
+    assert tis[0, 2].item() == 2.0 and tis[0, 1].item() == 1.0
+    assert torch.allclose(tis[2], torch.full((6,), math.exp(-1.0)))
+    assert tis_metrics["rollout_correction/truncated_fraction"] == pytest.approx(1 / mask.sum().item())
+    mis, mis_metrics = rollout_correction_weights(logp.detach(), rollout, mask, "mis", 2.0)
+    assert mis[2].sum().item() == 0.0  # mean log-ratio -1 < -log 2: dropped
+    assert mis[0].sum().item() == 6.0  # mean log-ratio 0.5 <= log 2: kept whole, unweighted
+    assert mis_metrics["rollout_correction/masked_fraction"] == 0.25
+    grpo_loss(logp, adv, mask, aggregation="token", is_weights=mis).loss.backward()
+    assert logp.grad[2].abs().sum().item() == 0.0 and logp.grad[0].abs().sum().item() > 0
+
+
+def test_tis_recovers_the_policy_gradient_from_another_policys_samples():
+    """Tokens drawn from the engine's q, weighted by p/q, estimate E_p[A grad log p]: the weight points the right way."""
+    from aharl.grpo.loss import rollout_correction_weights
+
+    torch.manual_seed(0)
+    theta = torch.tensor([0.5, -0.3, 0.1, 0.8, -1.0], requires_grad=True)  # the learner's policy over 5 tokens
+    q_logits = torch.tensor([0.2, 0.4, -0.2, 0.3, 0.1])  # the engine's (mismatched) policy
+    reward = torch.tensor([1.0, -1.0, 0.5, 2.0, -0.5])  # per token, as the advantage
+    exact = torch.autograd.grad((torch.softmax(theta, 0) * reward).sum(), theta)[0]  # grad E_p[A]
+
+    draws = torch.distributions.Categorical(logits=q_logits).sample((200_000,))  # [S]
+    logp = torch.log_softmax(theta, 0)[draws].unsqueeze(1)  # [S, 1]
+    rollout = torch.log_softmax(q_logits, 0)[draws].unsqueeze(1)  # [S, 1]
+    mask = torch.ones_like(logp)
+    for mode, cap, close in (("tis", 100.0, True), ("none", 2.0, False)):
+        weights, _ = rollout_correction_weights(logp.detach(), rollout, mask, mode, cap)
+        loss = grpo_loss(logp, reward[draws], mask, aggregation="token", is_weights=weights).loss
+        estimate = -torch.autograd.grad(loss, theta, retain_graph=True)[0]
+        assert torch.allclose(estimate, exact, atol=0.02) == close, (mode, estimate, exact)
