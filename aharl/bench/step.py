@@ -32,7 +32,11 @@ def aharl_steps(config: Config, steps: int) -> list[dict[str, float]]:
 
     config.learner.max_steps = steps
     history = train(config, print_fn=lambda line: print(f"  aharl {line}", flush=True)).history
-    return [{"step": m["time/step"], **{p: m.get(f"time/{p}", 0.0) for p in PHASES}} for m in history]
+    return [
+        {"step": m["time/step"], **{p: m.get(f"time/{p}", 0.0) for p in PHASES},
+         "completion_tokens": m["completion/tokens"], "prompt_tokens": m["prompt/tokens"], "completion_length": m["completion/length"]}
+        for m in history
+    ]
 
 
 def trl_available() -> bool:
@@ -110,7 +114,16 @@ def trl_steps(config: Config, steps: int) -> list[dict[str, float]]:
         callbacks=[StepTimer()],
     )
     trainer.train()
-    return [{"step": t} for t in times]
+    logged = [entry for entry in trainer.state.log_history if "completions/mean_length" in entry]
+    sequences = lc.prompts_per_step * rc.n
+    steps_out, seen = [], 0.0
+    for t, entry in zip(times, logged):
+        completion = entry["completions/mean_length"] * sequences
+        # num_tokens: TRL's running count of prompt + completion tokens it has generated on.
+        prompt = entry.get("num_tokens", seen) - seen - completion
+        seen = entry.get("num_tokens", seen)
+        steps_out.append({"step": t, "completion_tokens": completion, "prompt_tokens": prompt, "completion_length": entry["completions/mean_length"]})
+    return steps_out
 
 
 def _trl_reward(name: str, fn):
@@ -130,17 +143,29 @@ def summarise_steps(steps: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.mean(s.get(key, 0.0) for s in measured) for key in measured[0]}
 
 
+def per_1k_completion_tokens(summary: dict[str, float]) -> float:
+    """Seconds per 1,000 completion tokens: the step time on equal work, whatever lengths each trainer sampled."""
+    return summary["step"] / max(summary.get("completion_tokens", 0.0), 1.0) * 1000
+
+
 def markdown(aharl: dict[str, float], trl: dict[str, float] | None, steps: int) -> str:
     lines = [
         f"Mean seconds per GRPO step (steps 2-{steps}; the first is warm-up)." if steps > 1 else "Seconds for one GRPO step.",
         "",
-        "| trainer | step | " + " | ".join(PHASES) + " |",
-        "|---|---|" + "---|" * len(PHASES),
-        "| aharl | " + f"{aharl['step']:.1f}" + " | " + " | ".join(f"{aharl[p]:.1f}" for p in PHASES) + " |",
+        "| trainer | s / step | s / 1k completion tokens | prompt tokens | completion tokens (mean length) | " + " | ".join(PHASES) + " |",
+        "|---|---|---|---|---|" + "---|" * len(PHASES),
     ]
+
+    def row(name: str, s: dict[str, float], phases: bool) -> str:
+        cells = [f"{s[p]:.1f}" if phases else "-" for p in PHASES]
+        return (f"| {name} | {s['step']:.1f} | {per_1k_completion_tokens(s):.2f} | {s.get('prompt_tokens', 0):.0f} | "
+                f"{s.get('completion_tokens', 0):.0f} ({s.get('completion_length', 0):.1f}) | " + " | ".join(cells) + " |")
+
+    lines.append(row("aharl", aharl, True))
     if trl is not None:
-        lines.append(f"| TRL GRPOTrainer | {trl['step']:.1f} | " + " | ".join("-" for _ in PHASES) + " |")
-        lines += ["", f"TRL / aharl step time: **{trl['step'] / aharl['step']:.2f}x**"]
+        lines.append(row("TRL GRPOTrainer", trl, False))
+        lines += ["", f"TRL / aharl: **{trl['step'] / aharl['step']:.2f}x** per step, "
+                      f"**{per_1k_completion_tokens(trl) / per_1k_completion_tokens(aharl):.2f}x** per 1,000 completion tokens"]
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,9 @@ def rollout_metrics(scored: Sequence[ScoredGroup]) -> dict[str, float]:
         metrics[f"reward/{name}"] = sum(sum(sg.rewards[name]) for sg in scored) / count
     lengths = [len(c.token_ids) for sg in scored for c in sg.group.completions]
     metrics["completion/length"] = sum(lengths) / count
+    # The step's work, for comparing trainers on equal terms (aharl bench step).
+    metrics["completion/tokens"] = float(sum(lengths))
+    metrics["prompt/tokens"] = float(sum(len(sg.group.prompt.token_ids) * len(sg.group.completions) for sg in scored))
     metrics["completion/max_length"] = float(max(lengths))
     truncated = sum(c.finish_reason == "length" for sg in scored for c in sg.group.completions)
     metrics["completion/truncated"] = truncated / count

@@ -86,3 +86,16 @@ def test_bad_shape_is_one_line(text):
 
     with pytest.raises(AharlError, match="PROMPTSxN"):
         Shape.parse(text)
+
+
+def test_step_table_compares_trainers_per_1000_completion_tokens():
+    """A trainer that samples half as many tokens must not look twice as fast: the equal-work column says so."""
+    from aharl.bench.step import markdown, per_1k_completion_tokens
+
+    phases = {"generate": 1.0, "reward": 0.0, "reference": 0.0, "train": 3.0, "sync": 0.0}
+    aharl = {"step": 10.0, "completion_tokens": 2000.0, "prompt_tokens": 800.0, "completion_length": 40.0, **phases}
+    trl = {"step": 12.0, "completion_tokens": 1000.0, "prompt_tokens": 800.0, "completion_length": 20.0}
+    assert per_1k_completion_tokens(aharl) == 5.0 and per_1k_completion_tokens(trl) == 12.0
+    table = markdown(aharl, trl, steps=3)
+    assert "**1.20x** per step" in table and "**2.40x** per 1,000 completion tokens" in table
+    assert "| TRL GRPOTrainer | 12.0 | 12.00 | 800 | 1000 (20.0) |" in table
