@@ -36,6 +36,11 @@ REDUCE_BUCKET_ELEMENTS = 500_000_000
 # ``import ray, torch, deepspeed, transformers, aharl.learner.learner,
 # aharl.runtime.cluster`` and ``deepspeed.init_distributed("gloo")``.
 CPU_PROCESS_BASELINE_GIB = 0.30
+# What a CPU learner peaks above the modelled parts, in gradient-sized copies
+# (``CPU_EXTRA_GRAD_COPIES x w x P``): measured on the 2-core CPU machine,
+# 2026-11-26, quickstart (SmolLM2-135M, fp32, ZeRO-2) padded and shared_prefix,
+# with and without checkpointing (docs/memory-plan.md, Validation).
+CPU_EXTRA_GRAD_COPIES = 2
 # The CUDA context (kernels, cuBLAS workspace) of each process on a GPU; it is
 # not in ``torch.cuda.max_memory_allocated`` but it is in the GPU's memory.
 CUDA_CONTEXT_GIB = 0.5
@@ -260,19 +265,42 @@ def learner_parts(config: Config, shape: ModelShape, device: str) -> tuple[list[
     if lr.packing == "shared_prefix":
         saved += tokens * tokens  # the [1, 1, T, T] boolean attention mask
     if device == "cpu":
-        # CPU attention with a mask runs SDPA's math path: scores and their softmax,
-        # [rows, heads, len, len] each, saved per layer (per recomputed layer when checkpointed).
+        # CPU SDPA with a mask runs the fused flash kernel (torch 2.13:
+        # ScaledDotProductFlashAttentionForCpuBackward), which saves no
+        # [rows, heads, len, len] scores; the bool mask it is given becomes an
+        # additive float mask, [rows, 1, len, len] x w, saved by each layer
+        # (by the one recomputed layer when checkpointed). (Until 2026-11-26 the
+        # plan counted the math path's scores and softmax here: 2.1 GiB too much
+        # for the packed quickstart row, measured.)
         length = tokens // seqs
-        scores = 2 * seqs * shape.heads * length * length * w
-        saved += scores * (1 if lr.gradient_checkpointing else shape.layers)
+        float_mask = seqs * length * length * w
+        saved += float_mask * (1 if lr.gradient_checkpointing else shape.layers)
     logits = rows * v * w  # kept through the backward (log-prob chunks read views of it)
     logits_grad = 2 * rows * v * w  # the gradient of the logits, and its accumulation over chunks
     chunk_fwd = 3 * chunk * v * 4  # entropy: fp32 upcast, log_softmax, exp (no grad)
     chunk_bwd = 2 * chunk * v * 4  # a log-prob chunk's fp32 upcast and softmax in the backward
-    activation = saved + logits + max(chunk_fwd, logits_grad + chunk_bwd)
+    forward_logits = chunk_fwd
+    if lr.packing == "padded":
+        # ``logits[:, :-1]`` of [S, C + 1, V] cannot be viewed as [S C, V]: the
+        # log-prob and the entropy reshapes each copy it (checked), so while the
+        # entropy runs the model's logits and both copies are held (the log-prob
+        # copy then replaces the original through the backward). The packed row's
+        # ``logits[0]`` is a view: no copy.
+        forward_logits += 2 * logits
+    activation = saved + logits + max(forward_logits, logits_grad + chunk_bwd)
     parts.append(Part("activations", saved / GIB, act_note + ("" if seqs == 1 else f", {seqs} rows")))
     parts.append(Part("logits + their gradient", (logits + logits_grad) / GIB, f"R={rows} completion rows x V={v} x {w} B, x3"))
     parts.append(Part("log-prob chunks", max(chunk_fwd, chunk_bwd) / GIB, f"fp32, logprob_chunk_rows={lr.logprob_chunk_rows}"))
+    if device == "cpu":
+        # Measured, not yet traced to its allocations: every CPU learner peaks about
+        # 2 w P above the parts above (quickstart, 2026-11-26: +1.0 to +1.5 GiB over
+        # padded/packed, with/without checkpointing and reference; docs/memory-plan.md),
+        # the size of two more gradient copies in the training dtype (the params' .grad
+        # that autograd fills before ZeRO's hooks reduce it, and one more in the
+        # reduction, is the likely account). Inserted before the working set so it
+        # counts as state that stays.
+        parts.insert(len(parts) - 3, Part("CPU gradient copies (measured)", CPU_EXTRA_GRAD_COPIES * w * p / GIB,
+                                          f"{CPU_EXTRA_GRAD_COPIES} x {w} B x P, measured on CPU"))
     static = sum(part.gib for part in parts[: len(parts) - 3]) * GIB
     step_transient = 4 * p / (1 if stage == 0 else ranks)  # AdamW's foreach temporaries at the optimizer step
     peak = static + max(activation, step_transient)
