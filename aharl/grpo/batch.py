@@ -54,6 +54,8 @@ class MicroBatch:
     # Packed only: [T] row positions whose logits predict the T completion tokens,
     # in row-major order of ``completion_mask``; empty for the padded layout.
     logit_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    # [S] each completion's prompt length (for the layout's token counts).
+    prompt_lengths: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @property
     def completion_len(self) -> int:
@@ -149,7 +151,8 @@ def padded_micro_batch(units: Sequence[Unit], pad_id: int) -> MicroBatch:
     _, _, rollout_logp = pad_completions(completions, logprobs, pad_id)
     advantages = torch.tensor([a for u in units for a in u.advantages], dtype=torch.float32)  # [S]
     engines = torch.tensor([u.engine for u in units for _ in u.completions], dtype=torch.long)  # [S]
-    return MicroBatch(input_ids, attention, positions, comp_ids, comp_mask, rollout_logp, advantages, engines)
+    prompt_lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)  # [S]
+    return MicroBatch(input_ids, attention, positions, comp_ids, comp_mask, rollout_logp, advantages, engines, prompt_lengths=prompt_lengths)
 
 
 def packed_micro_batch(units: Sequence[Unit], pad_id: int) -> MicroBatch:
@@ -193,6 +196,7 @@ def packed_micro_batch(units: Sequence[Unit], pad_id: int) -> MicroBatch:
         advantages=torch.tensor([a for u in units for a in u.advantages], dtype=torch.float32),  # [S]
         engine=torch.tensor([u.engine for u in units for _ in u.completions], dtype=torch.long),  # [S]
         logit_index=torch.tensor(logit_index, dtype=torch.long),  # [T]
+        prompt_lengths=torch.tensor([len(u.prompt) for u in units for _ in u.completions], dtype=torch.long),  # [S]
     )
 
 
@@ -211,6 +215,11 @@ def padded_cost(units: Sequence[Unit]) -> int:
     """Positions a padded micro-batch of these units computes: rows x (longest prompt + longest completion)."""
     rows = sum(len(u.completions) for u in units)
     return rows * (max(len(u.prompt) for u in units) + max(1, max(len(c) for u in units for c in u.completions)))
+
+
+def bin_cost(units: Sequence[Unit], packing: str) -> int:
+    """Positions a micro-batch of ``units`` computes in ``packing``'s layout."""
+    return padded_cost(units) if packing == "padded" else sum(u.tokens for u in units)
 
 
 def budget_bins(units: Sequence[Unit], budget: int, packing: str) -> list[list[Unit]]:
@@ -232,11 +241,10 @@ def budget_bins(units: Sequence[Unit], budget: int, packing: str) -> list[list[U
                 stack += reversed(piece.split())
             else:
                 pieces.append(piece)
-    cost = padded_cost if packing == "padded" else (lambda us: sum(u.tokens for u in us))
     bins: list[list[Unit]] = []
     for piece in sorted(pieces, key=lambda u: u.tokens, reverse=True):
         for b in bins:
-            if cost([*b, piece]) <= budget:
+            if bin_cost([*b, piece], packing) <= budget:
                 b.append(piece)
                 break
         else:
@@ -246,12 +254,11 @@ def budget_bins(units: Sequence[Unit], budget: int, packing: str) -> list[list[U
 
 def even_bins(bins: list[list[Unit]], world_size: int, packing: str) -> list[list[Unit]]:
     """Split the largest micro-batches until their count is a multiple of ``world_size``."""
-    cost = padded_cost if packing == "padded" else (lambda us: sum(u.tokens for u in us))
     while len(bins) % world_size:
         splittable = [b for b in bins if len(b) > 1 or len(b[0].completions) > 1]
         if not splittable:
             raise ValueError(f"{len(bins)} single-completion micro-batches do not split over {world_size} ranks")
-        largest = max(splittable, key=cost)
+        largest = max(splittable, key=lambda b: bin_cost(b, packing))
         bins.remove(largest)
         if len(largest) > 1:
             bins += [largest[0::2], largest[1::2]]
@@ -294,19 +301,7 @@ def layout_metrics(micro_batches: Sequence[MicroBatch]) -> dict[str, float]:
     """
     model = sum(mb.model_tokens for mb in micro_batches)
     real = sum(mb.real_tokens for mb in micro_batches)
-    per_sequence = 0
-    for mb in micro_batches:
-        if mb.packed:
-            positions = mb.position_ids[0]  # [L]
-            # A completion's last position id is its prompt length + its length - 1.
-            comp_len = mb.completion_mask.sum(dim=1)  # [S]
-            ends = positions[mb.logit_index].tolist() if mb.logit_index.numel() else []
-            per_sequence += int(comp_len.sum().item())
-            # Prompt length of each completion = position of the token predicting its first token + 1.
-            first = torch.cumsum(comp_len, 0) - comp_len  # [S] flat index of each completion's first token
-            per_sequence += int(sum(ends[f] + 1 for f, n in zip(first.tolist(), comp_len.tolist()) if n))
-        else:
-            per_sequence += int(mb.attention_mask.sum().item())
+    per_sequence = sum(int(mb.prompt_lengths.sum().item() + mb.completion_mask.sum().item()) for mb in micro_batches)
     return {
         "train/model_tokens": float(model),
         "train/sequence_tokens": float(per_sequence),
