@@ -87,6 +87,11 @@ class RolloutConfig:
     # Colocated layout: free vLLM's memory while the learner updates.
     sleep_during_update: bool = True
     enforce_eager: bool = False
+    # ``one_step``: the next step's generation runs while this step's update
+    # runs (with the weights from one update earlier), and the sync lands
+    # between steps; needs placement.layout=separate and a
+    # grpo.rollout_correction for the one-step lag. ``off``: strictly in turn.
+    overlap: Literal["off", "one_step"] = "off"
     # Data-parallel rollout engines: a step's prompts are split across them
     # in order, and every engine receives every weight sync.
     num_engines: int = 1
@@ -679,6 +684,10 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
         bad = [k for k, v in resources.items() if k in ("CPU", "GPU", "memory") or not isinstance(v, (int, float)) or v <= 0]
         require(not bad, f"placement.{name}", f"has {bad[0] if bad else ''!r}: it takes custom resource names with positive amounts",
                 "name resources your nodes advertise with `ray start --resources`, e.g. {learner_node: 0.01}")
+    if r.overlap == "one_step":
+        require(c.placement.layout == "separate", "rollout.overlap", "= one_step needs rollout engines on devices of their own", "set placement.layout=separate, or rollout.overlap=off")
+        require(g.rollout_correction != "none", "rollout.overlap", "= one_step samples with weights one update old, which the loss must correct for", "set grpo.rollout_correction=tis (or mis)")
+        require(c.sync.interval_steps == 1, "rollout.overlap", "= one_step already lags the sampler by one update", "set sync.interval_steps=1")
     require(c.sync.interval_steps >= 1, "sync.interval_steps", f"= {c.sync.interval_steps} must be at least 1", "set it to 1 to sync after every update")
     require(c.sync.bucket_mb >= 1, "sync.bucket_mb", f"= {c.sync.bucket_mb} must be at least 1", "set it to e.g. 512")
     require(c.sync.timeout_s > 0, "sync.timeout_s", f"= {c.sync.timeout_s} must be positive", "set it to e.g. 600")

@@ -43,6 +43,14 @@ class PromptSampler:
         self.position += 1
         return [int(i) for i in batch]
 
+    def peek_batch(self) -> list[int]:
+        """The batch :meth:`next_batch` will hand out next, without moving (a one-step-off rollout samples it early)."""
+        epoch, position = self.epoch, self.position
+        try:
+            return self.next_batch()
+        finally:
+            self.epoch, self.position = epoch, position
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "num_prompts": self.num_prompts, "seed": self.seed}
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import ray
 from ray.exceptions import RayActorError
@@ -132,6 +133,14 @@ def across_nodes(choice: SyncChoice, config: Config, layout: Layout, nodes: dict
     return SyncChoice("nccl", f"rollout engine {apart[0]} is on another node than its learner: collective transport across nodes", choice.env)
 
 
+@dataclass
+class PendingGeneration:
+    """A generation sent to the engines and not yet collected: ``(engine, prompts, ref)`` per engine."""
+
+    calls: list[tuple[int, list[Prompt], Any]]
+    settings: SamplingSettings
+
+
 class Cluster:
     def __init__(self, config: Config, device: str, total_steps: int, run_id: str, log_dir: Path | None = None) -> None:
         """``log_dir``: where the actors' output goes (:mod:`aharl.runtime.logs`); ``None`` streams it to the driver."""
@@ -202,17 +211,30 @@ class Cluster:
         weights, and asked again (once): per-prompt seeds make the retried
         groups the ones the dead engine would have returned.
         """
+        return self.finish_generation(self.start_generation(prompts, settings))
+
+    def start_generation(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> "PendingGeneration":
+        """Send the prompts to the engines and return at once (a one-step-off rollout runs this beside the update)."""
         shares = split_evenly(list(prompts), len(self.rollouts))
         calls = [(e, share, rollout.generate.remote(share, settings)) for e, (rollout, share) in enumerate(zip(self.rollouts, shares)) if share]
+        return PendingGeneration(calls, settings)
+
+    def generation_done(self, pending: "PendingGeneration") -> bool:
+        refs = [ref for _, _, ref in pending.calls]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        return len(ready) == len(refs)
+
+    def finish_generation(self, pending: "PendingGeneration") -> list[RolloutGroup]:
+        """Wait for a started generation (restarting and retrying a dying engine, see :meth:`generate`)."""
         faults.reached("driver.generate")
         groups = []
-        for engine, share, ref in calls:
+        for engine, share, ref in pending.calls:
             try:
                 result = self._generated(engine, ref)
             except RayActorError as exc:
                 self.restart_engine(engine, f"while generating ({actor_death(exc)})")
                 try:
-                    result = self._generated(engine, self.rollouts[engine].generate.remote(share, settings))
+                    result = self._generated(engine, self.rollouts[engine].generate.remote(share, pending.settings))
                 except RayActorError as again:
                     raise RunFault(f"rollout engine {engine} died twice in one step's generation ({actor_death(again)})") from None
             for group in result:
@@ -302,6 +324,28 @@ class Cluster:
 
     def rollout_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], engine: int = 0) -> list[list[float]]:
         return ray.get(self.rollouts[engine].completion_logprobs.remote(prompt_ids, completion_ids))
+
+    def landed_sync_gap(self, groups: Sequence[RolloutGroup], per_engine: int = 2) -> dict[str, float]:
+        """``sync/logp_diff`` measured right after a sync: learner against each engine on a few of the step's completions.
+
+        With a one-step-off rollout the update's own comparison sees samples
+        one update old, so it measures the lag as much as the sync; this
+        re-scores ``per_engine`` completions in both (a prefill each) with
+        the weights the sync just moved.
+        """
+        timeout = self.config.sync.timeout_s
+        diffs: dict[int, float] = {}
+        tokens: dict[int, float] = {}
+        for engine, rollout in enumerate(self.rollouts):
+            picked = [(g.prompt.token_ids, c.token_ids) for g in groups if g.engine == engine for c in g.completions if c.token_ids][:per_engine]
+            if not picked:
+                continue
+            prompt_ids, completion_ids = [p for p, _ in picked], [c for _, c in picked]
+            learner = wait_for([r.completion_logprobs.remote(prompt_ids, completion_ids) for r in self.learners], "learner re-scores for the sync check", timeout)[0]
+            engine_logp = wait_for(rollout.completion_logprobs.remote(prompt_ids, completion_ids), f"rollout {engine} re-scores for the sync check", timeout)
+            diffs[engine] = sum(abs(a - b) for row_a, row_b in zip(learner, engine_logp) for a, b in zip(row_a, row_b))
+            tokens[engine] = float(sum(len(c) for c in completion_ids))
+        return sync_metrics(diffs, tokens, len(self.rollouts))
 
     def export_policy(self, directory: str) -> str:
         return ray.get([learner.export_hf.remote(directory) for learner in self.learners])[0]

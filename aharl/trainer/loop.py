@@ -11,6 +11,7 @@ between start-up and the end of the run. The machinery sits behind
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -35,18 +36,42 @@ from aharl.tracking.metrics import rollout_metrics
 from aharl.trainer.lifecycle import RunLifecycle, RunResult
 from aharl.trainer.stop import StopSignals
 from aharl.trainer.sync_gate import SyncGate
-from aharl.types import Prompt, ScoredGroup
+from aharl.types import Prompt, RolloutGroup, ScoredGroup
 
 
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def grpo_step(step: int, prompts: Sequence[Prompt], cluster: Cluster, rewards: RewardPool, config: Config, pad_id: int) -> tuple[dict[str, float], list[ScoredGroup]]:
-    """One GRPO step on ``prompts``; returns the step's metrics and its scored groups."""
+@dataclass
+class Prefetched:
+    """The next step's groups, sampled beside this step's update (``rollout.overlap: one_step``)."""
+
+    groups: list[RolloutGroup]
+    waited_s: float  # how long the driver still waited for them once the update was done
+    hidden: float  # the share of their generation's wall time that ran beside the update
+
+
+def grpo_step(
+    step: int,
+    prompts: Sequence[Prompt],
+    cluster: Cluster,
+    rewards: RewardPool,
+    config: Config,
+    pad_id: int,
+    prefetched: Prefetched | None = None,
+    next_prompts: Sequence[Prompt] | None = None,
+) -> tuple[dict[str, float], list[ScoredGroup], Prefetched | None]:
+    """One GRPO step on ``prompts``; returns the step's metrics, its scored groups and, when overlapping, the next step's groups.
+
+    ``prefetched``: this step's groups, already sampled during the last
+    update. ``next_prompts``: sample these beside this step's update (the
+    one-step-off rollout); the engines still hold the previous weights then,
+    and the sync after the update waits for that generation to finish.
+    """
     g = config.grpo
     t0 = time.perf_counter()
-    groups = cluster.generate(prompts, SamplingSettings.from_config(config.rollout, step))
+    groups = prefetched.groups if prefetched is not None else cluster.generate(prompts, SamplingSettings.from_config(config.rollout, step))
     t1 = time.perf_counter()
     scored, reward_errors = rewards.score_groups(groups)
     t2 = time.perf_counter()
@@ -60,21 +85,43 @@ def grpo_step(step: int, prompts: Sequence[Prompt], cluster: Cluster, rewards: R
     num_tokens = float(sum(mb.completion_mask.sum().item() for mb in micro_batches))
 
     syncs = step % config.sync.interval_steps == 0
-    cluster.sleep_rollout(keep_weights=not syncs)
+    upcoming = None
+    if next_prompts:
+        next_started = time.perf_counter()
+        upcoming = cluster.start_generation(next_prompts, SamplingSettings.from_config(config.rollout, step + 1))
+    else:
+        cluster.sleep_rollout(keep_weights=not syncs)
     metrics = cluster.train_step(micro_batches, num_sequences=len(totals), num_tokens=num_tokens)
+    following = None
+    if upcoming is not None:
+        update_done = time.perf_counter()
+        finished_during_update = cluster.generation_done(upcoming)
+        next_groups = cluster.finish_generation(upcoming)  # the engines must be idle before the sync
+        collected = time.perf_counter()
+        hidden = 1.0 if finished_during_update else (update_done - next_started) / max(collected - next_started, 1e-9)
+        following = Prefetched(next_groups, collected - update_done, hidden)
     if syncs:
         metrics.update(cluster.sync_weights())
     else:
         cluster.wake_rollout()
+    if config.rollout.overlap == "one_step":
+        # The update compared the learner with samples one update old: that is the lag, not the sync.
+        for key in [k for k in metrics if k.startswith("sync/logp_diff")]:
+            metrics[key.replace("sync/logp_diff", "rollout/lag_logp_diff")] = metrics.pop(key)
+        metrics.update(cluster.landed_sync_gap(groups))
+        if prefetched is not None:
+            metrics["rollout/overlap_hidden"] = prefetched.hidden
 
     metrics.update(rollout_metrics(scored))
     metrics.update(advantage_metrics(totals, advantages, config.rollout.n))
     metrics.update(reward_errors)
     metrics.update(layout_metrics(micro_batches))
-    metrics["time/generate"] = t1 - t0
+    # The seconds this step waited on generation: its own groups when they were
+    # not prefetched, and the next step's once its update was done.
+    metrics["time/generate"] = (t1 - t0) + (following.waited_s if following is not None else 0.0)
     metrics["time/reward"] = t2 - t1
     metrics["time/step"] = time.perf_counter() - t0
-    return metrics, scored
+    return metrics, scored, following
 
 
 def _console(line: str) -> None:
@@ -139,9 +186,14 @@ def _train(config: Config, run: RunLifecycle, device: str, print_fn: Callable[[s
         gate = SyncGate(config.sync)
         with StopSignals() as stop:
             run.begin()
+            prefetched = None
+            overlap = config.rollout.overlap == "one_step"
             for step in range(start_step, total_steps + 1):
                 batch = [prompts[i] for i in sampler.next_batch()]
-                metrics, scored = grpo_step(step, batch, cluster, rewards, config, tokenizer.pad_token_id)
+                # The next batch is peeked, not taken: a checkpoint after this step
+                # resumes at it (and samples it afresh, with the saved weights).
+                upcoming = [prompts[i] for i in sampler.peek_batch()] if overlap and step < total_steps else None
+                metrics, scored, prefetched = grpo_step(step, batch, cluster, rewards, config, tokenizer.pad_token_id, prefetched, upcoming)
                 run.after_step(step, metrics, scored, stop.requested)
                 # The engine got the learner's weights before this step's generation:
                 # at the start (initial or resumed weights) or by the last step's sync.

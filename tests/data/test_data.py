@@ -130,3 +130,15 @@ def test_sampler_order_is_seeded_and_resumable():
 def test_unshuffled_sampler_keeps_file_order():
     s = PromptSampler(5, 2, seed=0, shuffle=False)
     assert [s.next_batch(), s.next_batch(), s.next_batch()] == [[0, 1], [2, 3], [0, 1]]
+
+
+def test_peeking_the_next_batch_leaves_the_order_and_the_saved_position_as_they_were():
+    """A one-step-off rollout samples the next batch early; the batches and a checkpoint's position must not move."""
+    from aharl.data.sampler import PromptSampler
+
+    plain, peeking = (PromptSampler(10, 3, seed=1) for _ in range(2))
+    for _ in range(7):  # across an epoch boundary (3 batches an epoch)
+        state = peeking.state_dict()
+        ahead = peeking.peek_batch()
+        assert peeking.state_dict() == state
+        assert peeking.next_batch() == ahead == plain.next_batch()

@@ -147,6 +147,37 @@ def test_same_loop_does_not_learn_without_the_weight_sync(ray_local, toy):
     assert max(m["sync/logp_diff"] for m in history[1:]) > 1e-2
 
 
+def test_one_step_off_rollout_learns_hides_generation_and_checks_each_sync(ray_local, toy):
+    """``rollout.overlap: one_step``: each step's generation runs beside the last update, with TIS for the lag.
+
+    The loop must still learn, train on the prompts in the sampler's order
+    (the next batch is peeked, not taken), report the share of generation
+    hidden behind the update, and verify every sync directly: the update's
+    own comparison now sees samples one update old (the lag), so the landed
+    sync is re-scored after it lands.
+    """
+    from aharl.data.sampler import PromptSampler
+
+    model_dir, reward_file, root = toy
+    config = toy_config(model_dir, root / "overlap", reward_file, f"learner.max_steps={LEARN_STEPS}", "rollout.overlap=one_step",
+                        "placement.layout=separate", "grpo.rollout_correction=tis")
+    result = loop.train(config)
+    history = result.history
+    first, last = reward_curve(history)
+    assert learned(history), f"mean reward went from {first:.3f} to {last:.3f}"
+    assert max(m["sync/logp_diff"] for m in history) < 1e-3  # every landed sync re-scored equal
+    lag = [m["rollout/lag_logp_diff"] for m in history[1:]]
+    assert max(lag) > 10 * max(m["sync/logp_diff"] for m in history), "the samples should lag the learner by one update"
+    hidden = [m["rollout/overlap_hidden"] for m in history[1:]]
+    assert all(0.0 < h <= 1.0 for h in hidden) and "rollout/overlap_hidden" not in history[0]
+    assert all("rollout_correction/truncated_fraction" in m for m in history)
+    prompts, _ = build_prompts(load_rows(config.data), load_tokenizer(str(model_dir)), config.data)
+    sampler = PromptSampler(len(prompts), config.learner.prompts_per_step, seed=config.data.seed, shuffle=config.data.shuffle)
+    expected = [[prompts[i].index for i in sampler.next_batch()] for _ in range(LEARN_STEPS)]
+    logged = [json.loads(line)["prompt_indices"] for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert logged == expected
+
+
 def test_a_sync_that_does_not_land_stops_the_run_at_the_gate(ray_local, toy, monkeypatch):
     """The engine wakes as after a sync, but no weights arrive: logp_diff grows, and the gate ends the run."""
     from aharl.runtime.cluster import Cluster
