@@ -320,10 +320,11 @@ class Cluster:
     def learner_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
         """Rank 0's answer; every rank runs the forward, which is collective under ZeRO-3."""
         calls = [learner.completion_logprobs.remote(prompt_ids, completion_ids) for learner in self.learners]
-        return ray.get(calls)[0]
+        return wait_for(calls, "learner re-scores completions", self.config.sync.timeout_s)[0]
 
     def rollout_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], engine: int = 0) -> list[list[float]]:
-        return ray.get(self.rollouts[engine].completion_logprobs.remote(prompt_ids, completion_ids))
+        call = self.rollouts[engine].completion_logprobs.remote(prompt_ids, completion_ids)
+        return wait_for(call, f"rollout {engine} re-scores completions", self.config.sync.timeout_s)
 
     def landed_sync_gap(self, groups: Sequence[RolloutGroup], per_engine: int = 2) -> dict[str, float]:
         """``sync/logp_diff`` measured right after a sync: learner against each engine on a few of the step's completions.
@@ -333,16 +334,15 @@ class Cluster:
         re-scores ``per_engine`` completions in both (a prefill each) with
         the weights the sync just moved.
         """
-        timeout = self.config.sync.timeout_s
         diffs: dict[int, float] = {}
         tokens: dict[int, float] = {}
-        for engine, rollout in enumerate(self.rollouts):
+        for engine in range(len(self.rollouts)):
             picked = [(g.prompt.token_ids, c.token_ids) for g in groups if g.engine == engine for c in g.completions if c.token_ids][:per_engine]
             if not picked:
                 continue
             prompt_ids, completion_ids = [p for p, _ in picked], [c for _, c in picked]
-            learner = wait_for([r.completion_logprobs.remote(prompt_ids, completion_ids) for r in self.learners], "learner re-scores for the sync check", timeout)[0]
-            engine_logp = wait_for(rollout.completion_logprobs.remote(prompt_ids, completion_ids), f"rollout {engine} re-scores for the sync check", timeout)
+            learner = self.learner_logprobs(prompt_ids, completion_ids)
+            engine_logp = self.rollout_logprobs(prompt_ids, completion_ids, engine)
             diffs[engine] = sum(abs(a - b) for row_a, row_b in zip(learner, engine_logp) for a, b in zip(row_a, row_b))
             tokens[engine] = float(sum(len(c) for c in completion_ids))
         return sync_metrics(diffs, tokens, len(self.rollouts))
