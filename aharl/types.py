@@ -19,6 +19,11 @@ class Prompt:
     answer: str  # the gold answer the rewards compare against
     text: str  # chat-template output, ends with the generation prompt
     token_ids: list[int]  # [prompt_len]
+    # The chat messages ``text`` renders (what TRL-form rewards receive as ``prompts``).
+    messages: list[dict[str, str]] = field(default_factory=list)
+    # The dataset row's columns, the answer column holding the extracted gold answer:
+    # they reach the reward functions as keywords and the samples log.
+    columns: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -45,9 +50,11 @@ class ScoredGroup:
     """A group with each completion's rewards, per function and weighted total."""
 
     group: RolloutGroup
-    rewards: dict[str, list[float]]  # name -> [G]
+    rewards: dict[str, list[float]]  # name -> [G], NaN where a function returned None
     total: list[float]  # [G]
     reward_errors: dict[str, str] = field(default_factory=dict)
+    # Columns the reward functions logged with ``log_extra``: name -> [G].
+    extras: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass

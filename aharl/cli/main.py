@@ -143,7 +143,12 @@ def _parser() -> argparse.ArgumentParser:
 
     rewards = commands.add_parser("rewards", help="reward functions").add_subparsers(title="rewards commands")
     score = rewards.add_parser("score", help="score completions from a JSONL file")
-    score.add_argument("--input", required=True, help='JSONL rows {"completion": str, "answer": str}')
+    score.add_argument(
+        "--input",
+        required=True,
+        help='JSONL rows {"completion": str, "answer": str}, optionally "prompt" (chat messages, or a string for text data) '
+        "and any other fields, which TRL-form reward functions receive as keyword columns",
+    )
     score.add_argument("--rewards", default="reference", help="comma-separated names, sets or module:function (default: reference)")
     score.add_argument("--output", help="write JSONL here instead of stdout")
     score.set_defaults(run=_rewards_score)

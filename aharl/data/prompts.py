@@ -88,7 +88,7 @@ def build_prompts(rows: Sequence[dict[str, Any]], tokenizer, config: DataConfig)
     GSM8K answer is one; text there is a broken row no numeric reward can
     score). The plain extractor takes any text as the gold answer.
     """
-    candidates: list[tuple[str, str, str]] = []
+    candidates: list[tuple[str, str, str, dict[str, Any]]] = []
     no_answer = malformed = non_numeric = duplicate = 0
     seen_ids: set[str] = set()
     for row in rows:
@@ -109,19 +109,23 @@ def build_prompts(rows: Sequence[dict[str, Any]], tokenizer, config: DataConfig)
                 duplicate += 1
                 continue
             seen_ids.add(str(row_id))
+        # The answer column carries the gold answer as extracted, as the reference
+        # recipe's dataset map does, so a TRL-form reward compares against it unchanged.
+        columns = {**row, config.answer_column: gold}
         text = tokenizer.apply_chat_template(
             chat_messages(question, config.system_prompt), tokenize=False, add_generation_prompt=True
         )
-        candidates.append((question, gold, text))
+        candidates.append((question, gold, text, columns))
     # The template already holds the special tokens; adding them again would duplicate BOS.
     encoded = tokenizer([c[2] for c in candidates], add_special_tokens=False)["input_ids"] if candidates else []
     prompts: list[Prompt] = []
     too_long = 0
-    for (question, gold, text), ids in zip(candidates, encoded):
+    for (question, gold, text, columns), ids in zip(candidates, encoded):
         if len(ids) > config.max_prompt_tokens:
             too_long += 1
             continue
-        prompts.append(Prompt(index=len(prompts), question=question, answer=gold, text=text, token_ids=list(ids)))
+        messages = chat_messages(question, config.system_prompt)
+        prompts.append(Prompt(len(prompts), question, gold, text, list(ids), messages, columns))
     report = PromptReport(len(rows), len(prompts), too_long, no_answer, malformed, non_numeric, duplicate)
     if not prompts:
         raise DataError(f"data source {config.source} gave no usable prompts: {report.summary()}; check the columns, extractor and data.max_prompt_tokens")

@@ -40,7 +40,7 @@ def markdown_report(title: str, before: EvalResult, after: EvalResult, limit: in
         lines += ["", f"## {number}. {b['question']}", "", f"Gold answer: `{b['gold']}`", ""]
         for label, record in (("Before", b), ("After", a)):
             answer = record["answers"][0]
-            rewards = ", ".join(f"{k} {v:.2f}" for k, v in answer["rewards"].items())
+            rewards = ", ".join(f"{k} {_value(v)}" for k, v in answer["rewards"].items())
             lines += [f"**{label}** ({_mark(answer)}; reward {answer['reward']:.2f}: {rewards}; {answer['tokens']} tokens)", "", "```text", answer["text"].replace("```", "'''"), "```", ""]
     return "\n".join(lines) + "\n"
 
@@ -68,7 +68,7 @@ def html_report(title: str, before: EvalResult, after: EvalResult, limit: int) -
         cells = []
         for label, record in (("Before", b), ("After", a)):
             answer = record["answers"][0]
-            rewards = ", ".join(f"{esc(k)} {v:.2f}" for k, v in answer["rewards"].items())
+            rewards = ", ".join(f"{esc(k)} {_value(v)}" for k, v in answer["rewards"].items())
             cells.append(
                 f"<div><b>{label}</b> <span class='{_mark(answer)}'>{_mark(answer)}</span>"
                 f"<div class='meta'>reward {answer['reward']:.2f} ({rewards}); {answer['tokens']} tokens</div>"
@@ -88,3 +88,8 @@ def write_report(directory: Path, title: str, before: EvalResult, after: EvalRes
     md.write_text(markdown_report(title, before, after, limit))
     page.write_text(html_report(title, before, after, limit))
     return md, page
+
+
+def _value(reward: float | None) -> str:
+    """A reward as the report shows it; ``n/a`` where the function returned None (it did not apply)."""
+    return "n/a" if reward is None else f"{reward:.2f}"

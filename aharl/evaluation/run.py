@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from aharl.config import Config
 from aharl.errors import DataError
 from aharl.evaluation.metrics import judge, summarise
-from aharl.rewards.scoring import completions_and_answers, score_completions, split_by_group
+from aharl.rewards.scoring import json_number, reward_batch, score_batch, split_by_group
 from aharl.rollout.engine import SamplingSettings
 from aharl.types import EvalResult, Prompt, RolloutGroup, ScoredGroup
 
@@ -53,7 +53,7 @@ def evaluate(generate: Generate, score: Score, prompts: Sequence[Prompt], mode: 
                     "text": completion.text,
                     **dataclasses.asdict(j),
                     "reward": sg.total[i],
-                    "rewards": {name: values[i] for name, values in sg.rewards.items()},
+                    "rewards": {name: json_number(values[i]) for name, values in sg.rewards.items()},
                 }
             )
         judgements.append(per_question)
@@ -69,8 +69,7 @@ def local_scorer(functions, weights: dict[str, float]) -> Score:
     """Score groups in this process (``aharl eval``); a failing reward scores 0 and is reported."""
 
     def score(groups: list[RolloutGroup]) -> list[ScoredGroup]:
-        texts, golds = completions_and_answers(groups)
-        return split_by_group(groups, score_completions(texts, golds, functions, weights, tolerate_errors=True))
+        return split_by_group(groups, score_batch(reward_batch(groups), functions, weights, tolerate_errors=True))
 
     return score
 

@@ -3,22 +3,24 @@
 A config lists entries in ``rewards.functions``; each is a registered name
 (``correctness``), a set name that expands to several (``reference``), or a
 user function given as ``package.module:function`` or
-``path/to/file.py:function``. A user function has the same signature as the
-built-ins: ``fn(completions: list[str], answers: list[str]) -> list[float]``.
+``path/to/file.py:function``. A user function has the built-ins' form,
+``fn(completions: list[str], answers: list[str]) -> list[float]``, or the one
+written for TRL's GRPOTrainer, ``fn(prompts, completions, answer, **kwargs)``,
+unchanged (:mod:`aharl.rewards.calling`).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from aharl.config import Config
 from aharl.errors import ConfigError, first_line
 from aharl.rewards import arithmetic, corrected, reference
+from aharl.rewards.calling import required_columns, signature_problem
 from aharl.rewards.reference import RewardFn
 
 REWARDS: dict[str, RewardFn] = {
@@ -71,7 +73,7 @@ def _resolve_entry(entry: str) -> list[tuple[str, RewardFn]]:
 def load_user_function(spec: str) -> RewardFn:
     """Import ``module:function`` or ``file.py:function``; any failure is one ConfigError line."""
     target, _, attr = spec.rpartition(":")
-    fix = "check the path and function name; the function takes (completions, answers) and returns a list of floats"
+    fix = "check the path and function name; the function takes (completions, answers), or TRL's keywords, and returns a list of floats"
     try:
         if target.endswith(".py"):
             path = Path(target)
@@ -94,27 +96,10 @@ def load_user_function(spec: str) -> RewardFn:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError("rewards.functions", f"entry {spec!r}: {target} has no function {attr!r}", fix)
-    problem = _signature_problem(fn)
+    problem = signature_problem(fn)
     if problem:
-        raise ConfigError("rewards.functions", f"entry {spec!r} {problem}", "define it as def f(completions, answers) returning one float per completion")
+        raise ConfigError("rewards.functions", f"entry {spec!r} {problem}", "define it as def f(completions, answers), or as TRL does: def f(prompts, completions, **kwargs), returning one float per completion")
     return fn
-
-
-def _signature_problem(fn: RewardFn) -> str | None:
-    """Why ``fn(completions, answers)`` cannot be called, or None (also when the signature cannot be read).
-
-    Checked at load, so a wrong signature fails before the model loads rather
-    than as a TypeError in the first step's scoring.
-    """
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):  # a builtin or C extension: nothing to check
-        return None
-    try:
-        signature.bind([], [])
-    except TypeError as exc:
-        return f"cannot be called as f(completions, answers): its signature is {signature} ({exc})"
-    return None
 
 
 def check_reward_config(config: Config) -> None:
@@ -131,3 +116,16 @@ def check_reward_config(config: Config) -> None:
     for name in config.rewards.weights:
         if name not in names:
             raise ConfigError(f"rewards.weights.{name}", "names no configured reward function", f"use one of: {', '.join(names)}")
+
+
+def check_reward_columns(entries: Sequence[str], columns: Iterable[str], source: str) -> None:
+    """Fail before any actor starts when a TRL-form reward needs a column the data does not have."""
+    have = list(columns)
+    for name, fn in resolve_reward_functions(entries):
+        missing = [c for c in required_columns(fn) if c not in have]
+        if missing:
+            raise ConfigError(
+                "rewards.functions",
+                f"{name!r} needs the data column {missing[0]!r}, which {source} does not have (it has: {', '.join(have) or 'none'})",
+                "give that parameter a default, or use data whose rows have the column",
+            )

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 
 from aharl import faults
+from aharl.rewards.calling import RewardBatch
 from aharl.rewards.registry import resolve_reward_functions
-from aharl.rewards.scoring import RewardScores, score_completions
+from aharl.rewards.scoring import RewardScores, score_batch
 
 
 class RewardWorker:
@@ -20,9 +21,9 @@ class RewardWorker:
         self.functions = resolve_reward_functions(functions)
         self.weights = weights
 
-    def score(self, completions: list[str], answers: list[str]) -> RewardScores:
+    def score(self, batch: RewardBatch) -> RewardScores:
         faults.reached("reward.score")
-        return score_completions(completions, answers, self.functions, self.weights, tolerate_errors=True)
+        return score_batch(batch, self.functions, self.weights, tolerate_errors=True)
 
     def ping(self) -> int:
         return os.getpid()

@@ -20,8 +20,9 @@ from typing import Sequence
 from aharl import faults
 from aharl.config import RewardsConfig
 from aharl.runtime.logs import logged_actor
+from aharl.rewards.calling import RewardBatch, RewardLogs, RewardStep
 from aharl.rewards.registry import resolve_reward_functions
-from aharl.rewards.scoring import RewardScores, completions_and_answers, split_by_group
+from aharl.rewards.scoring import RewardScores, reward_batch, split_by_group
 from aharl.rewards.worker import RewardWorker
 from aharl.types import RolloutGroup, ScoredGroup
 
@@ -47,17 +48,17 @@ class RewardPool:
     def _spawn(self):
         return self._actor_class.remote(self.config.functions, self.config.weights)
 
-    def score_groups(self, groups: Sequence[RolloutGroup]) -> tuple[list[ScoredGroup], dict[str, float]]:
-        """Rewards for every completion of every group, and the step's error counts."""
-        scores, errors = self.score(*completions_and_answers(groups))
-        return split_by_group(groups, scores), errors
+    def score_groups(self, groups: Sequence[RolloutGroup], step: RewardStep = RewardStep()) -> tuple[list[ScoredGroup], dict[str, float]]:
+        """Rewards for every completion of every group, and the step's error counts and logged metrics."""
+        scores, metrics = self.score(reward_batch(groups, step))
+        return split_by_group(groups, scores), metrics
 
-    def score(self, completions: list[str], answers: list[str]) -> tuple[RewardScores, dict[str, float]]:
+    def score(self, batch: RewardBatch) -> tuple[RewardScores, dict[str, float]]:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        chunks = _split(len(completions), len(self.workers))
-        refs = [w.score.remote(completions[a:b], answers[a:b]) for w, (a, b) in zip(self.workers, chunks)]
+        chunks = _split(len(batch), len(self.workers))
+        refs = [w.score.remote(batch.slice(a, b)) for w, (a, b) in zip(self.workers, chunks)]
         faults.reached("driver.score")
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.config.timeout_s)
         ready_set = set(ready)
@@ -75,7 +76,7 @@ class RewardPool:
                 except RayActorError:
                     self.workers[i] = self._spawn()
                     try:
-                        result = ray.get(self.workers[i].score.remote(completions[a:b], answers[a:b]), timeout=self.config.timeout_s)
+                        result = ray.get(self.workers[i].score.remote(batch.slice(a, b)), timeout=self.config.timeout_s)
                         self._fail(failures, "worker_restarted", "a reward worker died; replaced and its chunk retried")
                     except (RayActorError, GetTimeoutError):
                         self._fail(failures, "worker_died", "a reward worker died twice on the same chunk; rows scored 0")
@@ -88,9 +89,12 @@ class RewardPool:
             {n: [v for r in results for v in r.per_function[n]] for n in self.names},
             [v for r in results for v in r.total],
             {k: v for r in results for k, v in r.errors.items()},
+            _merged_logs(results, chunks),
         )
         metrics = {f"reward_errors/{kind}": float(count) for kind, count in failures.items()}
         metrics["reward/errors"] = float(sum(failures.values()))
+        for name, values in merged.logs.metrics.items():  # log_metric: the mean of what each chunk logged
+            metrics[f"reward_logged/{name}"] = sum(values) / len(values)
         return merged, metrics
 
     def _fail(self, failures: dict[str, int], kind: str, message: str) -> None:
@@ -104,6 +108,19 @@ class RewardPool:
 
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
+
+
+def _merged_logs(results: Sequence[RewardScores], chunks: Sequence[tuple[int, int]]) -> RewardLogs:
+    """The chunks' logs as one: metric values pooled, ``log_extra`` columns joined in row order (None where a chunk logged none)."""
+    merged = RewardLogs()
+    columns = list(dict.fromkeys(column for r in results for column in r.logs.extras))
+    for result, (a, b) in zip(results, chunks):
+        for name, values in result.logs.metrics.items():
+            merged.metrics.setdefault(name, []).extend(values)
+        for column in columns:
+            values = list(result.logs.extras.get(column, []))[: b - a]
+            merged.extras.setdefault(column, []).extend(values + [None] * (b - a - len(values)))
+    return merged
 
 
 def _split(total: int, parts: int) -> list[tuple[int, int]]:

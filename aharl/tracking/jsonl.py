@@ -19,9 +19,12 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    """Append one record as a line (readable while the run goes on)."""
+    """Append one record as a line (readable while the run goes on).
+
+    A value JSON has no form for (a dataset column's date, say) is written as its text.
+    """
     with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(record, default=str) + "\n")
 
 
 def truncate_after(path: Path, step: int) -> int:

@@ -17,7 +17,9 @@ def rollout_metrics(scored: Sequence[ScoredGroup]) -> dict[str, float]:
     count = sum(len(sg.total) for sg in scored)
     metrics: dict[str, float] = {"reward/total": sum(sum(sg.total) for sg in scored) / count}
     for name in scored[0].rewards:
-        metrics[f"reward/{name}"] = sum(sum(sg.rewards[name]) for sg in scored) / count
+        # Rows a function returned None for (NaN) are not its rows: its mean is over the others.
+        applied = [v for sg in scored for v in sg.rewards[name] if not math.isnan(v)]
+        metrics[f"reward/{name}"] = sum(applied) / len(applied) if applied else math.nan
     lengths = [len(c.token_ids) for sg in scored for c in sg.group.completions]
     metrics["completion/length"] = sum(lengths) / count
     # The step's work, for comparing trainers on equal terms (aharl bench step).

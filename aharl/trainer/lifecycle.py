@@ -21,6 +21,7 @@ from aharl import faults
 from aharl.errors import AharlError, RunFault
 from aharl.evaluation.report import write_report
 from aharl.evaluation.run import GREEDY, evaluate
+from aharl.rewards.calling import RewardStep
 from aharl.tracking import checkpoints as ckpt
 from aharl.tracking.evals import read_eval_file, run_eval_path, write_eval_file
 from aharl.tracking.jsonl import truncate_after
@@ -263,14 +264,14 @@ class RunLifecycle:
                 f"weights synced to the rollout engine ({synced['time/sync']:.1f}s)"
             )
         elif self.eval_prompts:
-            self.metrics_log.write(0, eval_metrics(self.run_eval("before")))
+            self.metrics_log.write(0, eval_metrics(self.run_eval("before", updates=0)))
 
     def after_step(self, step: int, metrics: dict[str, float], scored: Sequence[ScoredGroup], stop_requested: str | None) -> None:
         """Periodic evaluation, the step's logs and console line, and a checkpoint when one is due."""
         c = self.config
         if self.eval_prompts and c.eval.every_steps and step % c.eval.every_steps == 0 and step < self.total_steps:
             began = time.perf_counter()
-            metrics.update(eval_metrics(self.run_eval(f"step {step}")))
+            metrics.update(eval_metrics(self.run_eval(f"step {step}", updates=step)))
             metrics["time/eval"] = time.perf_counter() - began
         self.count_skipped_update(step, metrics, scored)
         rows = sample_rows(scored, c.logging.samples_per_step)
@@ -330,7 +331,7 @@ class RunLifecycle:
             raise RunFault(f"could not write the final policy to {self.run_dir / 'final'} ({write_failure(exc)}); {self.recovery_hint()}") from None
         self.print(f"policy saved to {final}")
         if self.eval_prompts:
-            after = self.run_eval("after")
+            after = self.run_eval("after", updates=self.result.last_step)
             final_metrics = eval_metrics(after)
             self.metrics_log.write(self.total_steps, final_metrics)  # an eval-only row, as the one of step 0
             self.wandb.log(self.total_steps, final_metrics)
@@ -354,10 +355,11 @@ class RunLifecycle:
 
     # -- pieces ----------------------------------------------------------------
 
-    def run_eval(self, label: str) -> EvalResult:
-        """Greedy answers of the current policy to the held-out questions, saved as ``eval/<label>.json``."""
+    def run_eval(self, label: str, updates: int) -> EvalResult:
+        """Greedy answers of the current policy (after ``updates`` updates) to the held-out questions, saved as ``eval/<label>.json``."""
+        step = RewardStep(global_step=updates, max_steps=self.total_steps)
         evaluation = evaluate(
-            self.cluster.generate, lambda groups: self.rewards.score_groups(groups)[0], self.eval_prompts, GREEDY,
+            self.cluster.generate, lambda groups: self.rewards.score_groups(groups, step)[0], self.eval_prompts, GREEDY,
             max_tokens=self.config.rollout.max_tokens, seed=self.config.rollout.seed,
         )
         write_eval_file(run_eval_path(self.run_dir, label), {evaluation.mode: evaluation}, {"label": label, "model": self.config.model.path})
