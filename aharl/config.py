@@ -171,8 +171,17 @@ class GRPOConfig:
     # Optimizer steps per rollout batch (mu); 1 keeps the ratio exactly 1.
     updates_per_batch: int = 1
     # ``sequence``: mean per completion, then mean (the reference); ``token``:
-    # every token weighs the same (DAPO); ``dr_grpo``: sum / (completions x max_tokens).
-    loss_aggregation: Literal["sequence", "token", "dr_grpo"] = "sequence"
+    # every token weighs the same (DAPO); ``dr_grpo``: sum / (completions x max_tokens);
+    # ``bnpo``: token mean per micro-batch, then mean over micro-batches (TRL's bnpo).
+    loss_aggregation: Literal["sequence", "token", "dr_grpo", "bnpo"] = "sequence"
+    # ``token``: one importance ratio per token (GRPO); ``sequence``: one per
+    # completion, the geometric mean of its token ratios (GSPO, arXiv 2507.18071).
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    # DAPO's dynamic sampling (arXiv 2503.14476): groups whose completions all
+    # got the same reward teach nothing and are dropped; more prompts are drawn
+    # and sampled until the step is full, for at most this many extra rounds
+    # (then the step is filled with dropped groups). 0: off.
+    dynamic_sampling_max_rounds: int = 0
     # Correct for the rollout engine's log-probs differing from the learner's
     # (grpo/loss.py::rollout_correction_weights): ``tis`` weights each token by
     # min(rho, cap), ``mis`` drops completions whose mean log-ratio leaves
@@ -688,6 +697,8 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
         require(c.placement.layout == "separate", "rollout.overlap", "= one_step needs rollout engines on devices of their own", "set placement.layout=separate, or rollout.overlap=off")
         require(g.rollout_correction != "none", "rollout.overlap", "= one_step samples with weights one update old, which the loss must correct for", "set grpo.rollout_correction=tis (or mis)")
         require(c.sync.interval_steps == 1, "rollout.overlap", "= one_step already lags the sampler by one update", "set sync.interval_steps=1")
+        require(g.dynamic_sampling_max_rounds == 0, "grpo.dynamic_sampling_max_rounds", "> 0 draws the step's prompts only once its first groups are scored, which a one-step-off rollout samples a step early", "set it to 0, or rollout.overlap=off")
+    require(g.dynamic_sampling_max_rounds >= 0, "grpo.dynamic_sampling_max_rounds", f"= {g.dynamic_sampling_max_rounds} must be 0 (off) or more", "set it to e.g. 3")
     require(c.sync.interval_steps >= 1, "sync.interval_steps", f"= {c.sync.interval_steps} must be at least 1", "set it to 1 to sync after every update")
     require(c.sync.bucket_mb >= 1, "sync.bucket_mb", f"= {c.sync.bucket_mb} must be at least 1", "set it to e.g. 512")
     require(c.sync.timeout_s > 0, "sync.timeout_s", f"= {c.sync.timeout_s} must be positive", "set it to e.g. 600")

@@ -18,12 +18,13 @@ from aharl.config import Config
 from aharl.data.prompts import build_prompts, chat_messages
 from aharl.data.sources import load_rows
 from aharl.modelhub import load_tokenizer, resolve_model_path
+from aharl.rewards.calling import convention
 from aharl.rewards.registry import resolve_reward_functions
 from aharl.device import resolve_device, training_dtype
 from aharl.tracking.metrics import PHASES
 
 # aharl's loss aggregation / advantage scaling -> TRL 1.16's names
-TRL_LOSS = {"sequence": "grpo", "token": "dapo", "dr_grpo": "dr_grpo"}
+TRL_LOSS = {"sequence": "grpo", "token": "dapo", "dr_grpo": "dr_grpo", "bnpo": "bnpo"}
 
 
 def aharl_steps(config: Config, steps: int) -> list[dict[str, float]]:
@@ -47,8 +48,12 @@ def trl_available() -> bool:
     return True
 
 
-def trl_steps(config: Config, steps: int) -> list[dict[str, float]]:
-    """Per-step seconds of TRL's GRPOTrainer on the same model, prompts, rewards and settings."""
+def trl_steps(config: Config, steps: int, vllm: bool = False) -> list[dict[str, float]]:
+    """Per-step seconds of TRL's GRPOTrainer on the same model, prompts, rewards and settings.
+
+    ``vllm``: TRL generating with its own vLLM in colocate mode (what a TRL
+    user with one GPU picks) instead of ``transformers``.
+    """
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -57,8 +62,9 @@ def trl_steps(config: Config, steps: int) -> list[dict[str, float]]:
     device = resolve_device(config)
     tokenizer = load_tokenizer(config.model.path)
     prompts, _ = build_prompts(load_rows(config.data), tokenizer, config.data)
+    # Every column, the answer column holding the gold answer, as aharl's rewards receive them.
     dataset = Dataset.from_list(
-        [{"prompt": chat_messages(p.question, config.data.system_prompt), "answer": p.answer} for p in prompts]
+        [{**p.columns, "prompt": chat_messages(p.question, config.data.system_prompt), "answer": p.answer} for p in prompts]
     )
     functions = resolve_reward_functions(config.rewards.functions)
     lc, rc, g = config.learner, config.rollout, config.grpo
@@ -75,6 +81,7 @@ def trl_steps(config: Config, steps: int) -> list[dict[str, float]]:
         epsilon_high=g.clip_eps_high,
         num_iterations=g.updates_per_batch,
         loss_type=TRL_LOSS[g.loss_aggregation],
+        importance_sampling_level=g.importance_sampling_level,
         scale_rewards=g.advantage_stats if g.scale_advantages_by_std else "none",
         learning_rate=lc.lr,
         adam_beta1=lc.betas[0],
@@ -92,7 +99,8 @@ def trl_steps(config: Config, steps: int) -> list[dict[str, float]]:
         use_cpu=device == "cpu",
         bf16=training_dtype(config, device) == torch.bfloat16,
         seed=lc.seed,
-        use_vllm=False,
+        use_vllm=vllm,
+        **(dict(vllm_mode="colocate", vllm_gpu_memory_utilization=config.rollout.gpu_memory_utilization) if vllm else {}),
     )
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.model.path), dtype=training_dtype(config, device))
     times: list[float] = []
@@ -127,7 +135,9 @@ def trl_steps(config: Config, steps: int) -> list[dict[str, float]]:
 
 
 def _trl_reward(name: str, fn):
-    """aharl's ``fn(completions, answers)`` in TRL's ``fn(prompts, completions, answer, **kw)`` shape."""
+    """aharl's ``fn(completions, answers)`` in TRL's ``fn(prompts, completions, answer, **kw)`` shape; a TRL-form function as it is."""
+    if convention(fn) == "keywords":
+        return fn
 
     def reward(prompts, completions, answer, **kwargs) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]

@@ -43,11 +43,19 @@ def group_advantages(
     return centred.reshape(-1)  # [num_prompts * group_size]
 
 
+def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``[num_prompts]`` bool: the groups whose rewards are not all equal.
+
+    A group of equal rewards has every advantage 0 (whatever the scaling), so
+    it adds no policy gradient; DAPO's dynamic sampling drops such groups.
+    """
+    grouped = rewards.view(-1, group_size)  # [num_prompts, group_size]
+    return ~(grouped == grouped[:, :1]).all(dim=1)  # [num_prompts]
+
+
 def zero_spread_fraction(rewards: torch.Tensor, group_size: int) -> float:
     """Share of groups whose completions all got the same reward (they teach nothing)."""
-    grouped = rewards.view(-1, group_size)  # [num_prompts, group_size]
-    same = (grouped == grouped[:, :1]).all(dim=1)  # [num_prompts]
-    return same.float().mean().item()
+    return (~informative_groups(rewards, group_size)).float().mean().item()
 
 
 def advantage_metrics(rewards: torch.Tensor, advantages: torch.Tensor, group_size: int) -> dict[str, float]:

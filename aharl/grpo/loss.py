@@ -13,11 +13,21 @@ Aggregation decides what each token's term is divided by:
   token weighs the same.
 - ``dr_grpo`` (Dr. GRPO): sum over all tokens / (sequences x max completion
   tokens), a constant, so length carries no bias.
+- ``bnpo`` (TRL's ``loss_type="bnpo"``): token mean over each micro-batch,
+  then mean over the step's micro-batches. The one aggregation that depends
+  on how the step is split: with one sequence per micro-batch it is
+  ``sequence``, with one micro-batch it is ``token``.
 
 The divisors are the counts for the *whole optimizer step* (pass
-``num_sequences`` / ``num_tokens`` when the step is split into micro-batches
-or across data-parallel ranks): then the micro-batch losses add up to the
-loss of the full batch, however it is split.
+``num_sequences`` / ``num_tokens`` / ``num_micro_batches`` when the step is
+split into micro-batches or across data-parallel ranks): then the
+micro-batch losses add up to the loss of the full batch, however it is split
+(``bnpo`` aside).
+
+The importance ratio is per token (GRPO) or per sequence (GSPO,
+``ratio_level="sequence"``): the geometric mean of a completion's token
+ratios, ``s_i = exp(mean_t log(pi / pi_old))``, one ratio clipped for the
+whole completion, which matches a reward given to the whole completion.
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ from typing import Literal
 
 import torch
 
-Aggregation = Literal["sequence", "token", "dr_grpo"]
+Aggregation = Literal["sequence", "token", "dr_grpo", "bnpo"]
+RatioLevel = Literal["token", "sequence"]
 RolloutCorrection = Literal["none", "tis", "mis"]
 
 
@@ -96,6 +107,7 @@ def aggregate(
     num_sequences: int | None = None,
     num_tokens: float | None = None,
     max_completion_tokens: int | None = None,
+    num_micro_batches: int = 1,
 ) -> torch.Tensor:
     """Reduce ``[num_sequences, len]`` terms to a scalar by the rule of ``mode`` (module docstring)."""
     mask = mask.to(per_token.dtype)
@@ -110,6 +122,8 @@ def aggregate(
         if max_completion_tokens is None:
             raise ValueError("dr_grpo aggregation needs max_completion_tokens")
         return (per_token * mask).sum() / (n_seq * max_completion_tokens)
+    if mode == "bnpo":
+        return (per_token * mask).sum() / mask.sum().clamp(min=1) / num_micro_batches
     raise ValueError(f"unknown loss aggregation {mode!r}")
 
 
@@ -129,6 +143,8 @@ def grpo_loss(
     num_tokens: float | None = None,
     entropy: torch.Tensor | None = None,
     is_weights: torch.Tensor | None = None,
+    ratio_level: RatioLevel = "token",
+    num_micro_batches: int = 1,
 ) -> GRPOLoss:
     """Per-token ``-(min(r A, clip(r) A) - beta KL)``, aggregated.
 
@@ -138,10 +154,19 @@ def grpo_loss(
     ref_logp: ``[S, L]`` frozen reference, needed when beta > 0.
     is_weights: ``[S, L]`` rollout-correction weights on the policy-gradient
     term (:func:`rollout_correction_weights`); None leaves the loss as it is.
+    ratio_level: ``token`` (GRPO) or ``sequence`` (GSPO: one ratio per
+    completion, broadcast over its tokens).
     """
     if old_logp is None:
         old_logp = logp.detach()
-    ratio = torch.exp(logp - old_logp)  # [S, L]
+    if ratio_level == "sequence":
+        m = mask.to(logp.dtype)
+        log_ratio = ((logp - old_logp) * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)  # [S]
+        ratio = torch.exp(log_ratio).unsqueeze(1).expand_as(logp)  # [S, L]
+    elif ratio_level == "token":
+        ratio = torch.exp(logp - old_logp)  # [S, L]
+    else:
+        raise ValueError(f"unknown ratio level {ratio_level!r}")
     adv = advantages.to(logp.dtype).unsqueeze(1)  # [S, 1]
     unclipped = ratio * adv  # [S, L]
     clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * adv  # [S, L]
@@ -162,6 +187,7 @@ def grpo_loss(
         num_sequences=num_sequences,
         num_tokens=num_tokens,
         max_completion_tokens=max_completion_tokens,
+        num_micro_batches=num_micro_batches,
     )
 
     with torch.no_grad():

@@ -272,6 +272,8 @@ class Learner:
                     num_tokens=num_tokens,
                     entropy=entropy,
                     is_weights=is_weights,
+                    ratio_level=cfg.importance_sampling_level,
+                    num_micro_batches=len(batches) * self.world_size,
                 )
                 out.metrics.update(correction)
                 loss = out.loss

@@ -27,12 +27,15 @@ from aharl.evaluation.run import eval_prompt_set
 from aharl.grpo.advantages import advantage_metrics, group_advantages
 from aharl.grpo.batch import build_micro_batches, layout_metrics
 from aharl.modelhub import load_tokenizer
+from aharl.rewards.calling import RewardStep
+from aharl.rewards.registry import check_reward_columns
 from aharl.rollout.engine import SamplingSettings
 from aharl.runtime.cluster import Cluster, actor_death
 from aharl.runtime.logs import capture_driver_logs
 from aharl.runtime.ray_session import connect_ray
 from aharl.runtime.reward_pool import RewardPool
 from aharl.tracking.metrics import rollout_metrics
+from aharl.trainer.dynamic_sampling import fill_with_informative_groups
 from aharl.trainer.lifecycle import RunLifecycle, RunResult
 from aharl.trainer.stop import StopSignals
 from aharl.trainer.sync_gate import SyncGate
@@ -61,6 +64,8 @@ def grpo_step(
     pad_id: int,
     prefetched: Prefetched | None = None,
     next_prompts: Sequence[Prompt] | None = None,
+    total_steps: int = 0,
+    draw_prompts: Callable[[], list[Prompt]] | None = None,
 ) -> tuple[dict[str, float], list[ScoredGroup], Prefetched | None]:
     """One GRPO step on ``prompts``; returns the step's metrics, its scored groups and, when overlapping, the next step's groups.
 
@@ -68,13 +73,35 @@ def grpo_step(
     update. ``next_prompts``: sample these beside this step's update (the
     one-step-off rollout); the engines still hold the previous weights then,
     and the sync after the update waits for that generation to finish.
+    ``total_steps`` is what reward functions read as ``trainer_state.max_steps``.
+    ``draw_prompts``: the next prompts from the sampler, for DAPO's dynamic
+    sampling (``grpo.dynamic_sampling_max_rounds``).
     """
     g = config.grpo
+    settings = SamplingSettings.from_config(config.rollout, step)
+    reward_step = RewardStep(global_step=step - 1, max_steps=total_steps)
+    seconds = {"generate": 0.0, "reward": 0.0}  # the step's waits on generation and scoring
+    reward_rounds: list[dict[str, float]] = []  # the reward pool's counts and logged metrics, per draw
+
+    def sample_and_score(batch: Sequence[Prompt] | None, ready: list[RolloutGroup] | None = None) -> list[ScoredGroup]:
+        began = time.perf_counter()
+        groups = ready if ready is not None else cluster.generate(batch, settings)
+        generated = time.perf_counter()
+        scored, pool_metrics = rewards.score_groups(groups, reward_step)
+        seconds["generate"] += generated - began
+        seconds["reward"] += time.perf_counter() - generated
+        reward_rounds.append(pool_metrics)
+        return scored
+
     t0 = time.perf_counter()
-    groups = prefetched.groups if prefetched is not None else cluster.generate(prompts, SamplingSettings.from_config(config.rollout, step))
-    t1 = time.perf_counter()
-    scored, reward_errors = rewards.score_groups(groups)
-    t2 = time.perf_counter()
+    scored = sample_and_score(prompts, prefetched.groups if prefetched is not None else None)
+    groups = [sg.group for sg in scored]
+    sampled = scored  # the step's first draw: what the policy does, for the reward and length metrics
+    resampling: dict[str, float] = {}
+    if g.dynamic_sampling_max_rounds and draw_prompts is not None:
+        scored, resampling = fill_with_informative_groups(
+            scored, lambda: sample_and_score(draw_prompts()), target=len(scored), group_size=config.rollout.n, max_rounds=g.dynamic_sampling_max_rounds
+        )
 
     totals = torch.tensor([r for sg in scored for r in sg.total])  # [prompts * G]
     advantages = group_advantages(totals, config.rollout.n, scale_by_std=g.scale_advantages_by_std, stats=g.advantage_stats, eps=g.advantage_eps)  # [prompts * G]
@@ -112,16 +139,26 @@ def grpo_step(
         if prefetched is not None:
             metrics["rollout/overlap_hidden"] = prefetched.hidden
 
-    metrics.update(rollout_metrics(scored))
+    metrics.update(rollout_metrics(sampled))
     metrics.update(advantage_metrics(totals, advantages, config.rollout.n))
-    metrics.update(reward_errors)
+    metrics.update(merge_reward_rounds(reward_rounds))
+    metrics.update(resampling)
     metrics.update(layout_metrics(micro_batches))
     # The seconds this step waited on generation: its own groups when they were
     # not prefetched, and the next step's once its update was done.
-    metrics["time/generate"] = (t1 - t0) + (following.waited_s if following is not None else 0.0)
-    metrics["time/reward"] = t2 - t1
+    metrics["time/generate"] = seconds["generate"] + (following.waited_s if following is not None else 0.0)
+    metrics["time/reward"] = seconds["reward"]
     metrics["time/step"] = time.perf_counter() - t0
     return metrics, scored, following
+
+
+def merge_reward_rounds(rounds: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One step's reward-pool metrics over its draws: error counts add up, logged metrics are averaged."""
+    merged: dict[str, float] = {}
+    for key in dict.fromkeys(k for r in rounds for k in r):
+        values = [r[key] for r in rounds if key in r]
+        merged[key] = sum(values) / len(values) if key.startswith("reward_logged/") else sum(values)
+    return merged
 
 
 def _console(line: str) -> None:
@@ -157,6 +194,7 @@ def _train(config: Config, run: RunLifecycle, device: str, print_fn: Callable[[s
     tokenizer = load_tokenizer(config.model.path)
     prompts, report = build_prompts(load_rows(config.data), tokenizer, config.data)
     print_fn(f"data: {report.summary()}")
+    check_reward_columns(config.rewards.functions, prompts[0].columns, config.data.source)
     prompts, eval_prompts = eval_prompt_set(config, tokenizer, prompts)
     if eval_prompts:
         held = "held out of the training data" if config.eval.source is None else f"from {config.eval.source} ({config.eval.split})"
@@ -193,7 +231,10 @@ def _train(config: Config, run: RunLifecycle, device: str, print_fn: Callable[[s
                 # The next batch is peeked, not taken: a checkpoint after this step
                 # resumes at it (and samples it afresh, with the saved weights).
                 upcoming = [prompts[i] for i in sampler.peek_batch()] if overlap and step < total_steps else None
-                metrics, scored, prefetched = grpo_step(step, batch, cluster, rewards, config, tokenizer.pad_token_id, prefetched, upcoming)
+                metrics, scored, prefetched = grpo_step(
+                    step, batch, cluster, rewards, config, tokenizer.pad_token_id, prefetched, upcoming, total_steps,
+                    draw_prompts=lambda: [prompts[i] for i in sampler.next_batch()],
+                )
                 run.after_step(step, metrics, scored, stop.requested)
                 # The engine got the learner's weights before this step's generation:
                 # at the start (initial or resumed weights) or by the last step's sync.

@@ -675,6 +675,7 @@ OUT_OF_RANGE: dict[str, tuple[str, ...]] = {
     "rollout.gpu_memory_utilization": ("1.5",), "rollout.num_engines": ("0",), "rollout.timeout_s": ("0",),
     "rewards.num_workers": ("0",), "rewards.timeout_s": ("0",),
     "grpo.beta": ("-0.1",), "grpo.clip_eps_low": ("1.0",), "grpo.clip_eps_high": ("-0.1",), "grpo.updates_per_batch": ("0",), "grpo.advantage_eps": ("0",), "grpo.rollout_correction_cap": ("1.0",),
+    "grpo.dynamic_sampling_max_rounds": ("-1",),
     "learner.lr": ("0",), "learner.weight_decay": ("-0.1",), "learner.warmup_ratio": ("1.0",), "learner.max_grad_norm": ("0",),
     "learner.prompts_per_step": ("0",), "learner.micro_batch_prompts": ("0",), "learner.epochs": ("0",), "learner.max_steps": ("0",),
     "learner.zero_stage": ("4",), "learner.logprob_chunk_rows": ("0",), "learner.max_skipped_in_a_row": ("0",), "learner.timeout_s": ("0",),

@@ -178,6 +178,44 @@ def test_one_step_off_rollout_learns_hides_generation_and_checks_each_sync(ray_l
     assert logged == expected
 
 
+# A reward written for TRL's GRPOTrainer, unchanged: chat completions, the
+# gold answer as the `answer` column, the step in `trainer_state`. Groups of
+# prompts with an even answer all score 1.0 (no spread, nothing to learn), so
+# DAPO's dynamic sampling has groups to drop.
+TRL_FORM_REWARD = '''
+def vowels_on_odd_answers(prompts, completions, answer, trainer_state, log_metric, **kwargs):
+    log_metric("global_step", trainer_state.global_step)
+    log_metric("max_steps", trainer_state.max_steps)
+    texts = [c[0]["content"] for c in completions]
+    return [1.0 if int(a) % 2 == 0 else sum(ch in "aeiou" for ch in t) / max(1, len(t)) for t, a in zip(texts, answer)]
+'''
+
+
+def test_dynamic_sampling_fills_steps_with_informative_groups_scored_by_a_trl_form_reward(ray_local, toy):
+    model_dir, _, root = toy
+    reward_file = root / "trl_form_reward.py"
+    reward_file.write_text(TRL_FORM_REWARD)
+    steps = 5
+    config = toy_config(model_dir, root / "dynamic", reward_file, f"learner.max_steps={steps}", "grpo.dynamic_sampling_max_rounds=4",
+                        f"rewards.functions=[{reward_file}:vowels_on_odd_answers]")
+    result = loop.train(config)
+    history = result.history
+    assert [m["reward_logged/global_step"] for m in history] == list(range(steps))  # trainer_state.global_step: updates made
+    assert all(m["reward_logged/max_steps"] == steps for m in history)
+    assert sum(m["dynamic_sampling/dropped_groups"] for m in history) > 0  # the even-answer groups were dropped...
+    assert sum(m["dynamic_sampling/rounds"] for m in history) > 0  # ...and replaced by further draws
+    for m in history:
+        assert m["dynamic_sampling/prompts_drawn"] == config.learner.prompts_per_step * (1 + m["dynamic_sampling/rounds"])
+        if m["dynamic_sampling/filled_groups"] == 0:
+            assert m["reward/zero_spread_groups"] == 0.0  # every group trained on had a reward spread
+    assert max(m["sync/logp_diff"] for m in history) < 1e-3
+    records = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    rows = [row for record in records for row in record["samples"]]
+    assert all(set(row["columns"]) >= {"question", "answer"} for row in rows)  # the dataset row travels to the samples log
+    trained_answers = [int(row["columns"]["answer"]) for row in rows]
+    assert any(a % 2 for a in trained_answers)
+
+
 def test_a_sync_that_does_not_land_stops_the_run_at_the_gate(ray_local, toy, monkeypatch):
     """The engine wakes as after a sync, but no weights arrive: logp_diff grows, and the gate ends the run."""
     from aharl.runtime.cluster import Cluster
