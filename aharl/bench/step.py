@@ -23,6 +23,8 @@ from aharl.rewards.registry import resolve_reward_functions
 from aharl.device import resolve_device, training_dtype
 from aharl.tracking.metrics import PHASES
 
+TRL_HF = "TRL GRPOTrainer"
+TRL_VLLM = "TRL GRPOTrainer + vLLM colocate"
 # aharl's loss aggregation / advantage scaling -> TRL 1.16's names
 TRL_LOSS = {"sequence": "grpo", "token": "dapo", "dr_grpo": "dr_grpo", "bnpo": "bnpo"}
 
@@ -158,7 +160,14 @@ def per_1k_completion_tokens(summary: dict[str, float]) -> float:
     return summary["step"] / max(summary.get("completion_tokens", 0.0), 1.0) * 1000
 
 
-def markdown(aharl: dict[str, float], trl: dict[str, float] | None, steps: int) -> str:
+def markdown(
+    aharl: dict[str, float],
+    trl: dict[str, float] | None,
+    steps: int,
+    trl_vllm: dict[str, float] | None = None,
+    not_run: dict[str, str] | None = None,
+) -> str:
+    """The table, the ratios against aharl, and one line per contender that could not run here, saying why."""
     lines = [
         f"Mean seconds per GRPO step (steps 2-{steps}; the first is warm-up)." if steps > 1 else "Seconds for one GRPO step.",
         "",
@@ -172,14 +181,20 @@ def markdown(aharl: dict[str, float], trl: dict[str, float] | None, steps: int) 
                 f"{s.get('completion_tokens', 0):.0f} ({s.get('completion_length', 0):.1f}) | " + " | ".join(cells) + " |")
 
     lines.append(row("aharl", aharl, True))
-    if trl is not None:
-        lines.append(row("TRL GRPOTrainer", trl, False))
-        lines += ["", f"TRL / aharl: **{trl['step'] / aharl['step']:.2f}x** per step, "
-                      f"**{per_1k_completion_tokens(trl) / per_1k_completion_tokens(aharl):.2f}x** per 1,000 completion tokens"]
+    others = [(name, s) for name, s in ((TRL_HF, trl), (TRL_VLLM, trl_vllm)) if s is not None]
+    for name, s in others:
+        lines.append(row(name, s, False))
+    if others:
+        lines.append("")
+    for name, s in others:
+        lines.append(f"{name} / aharl: **{s['step'] / aharl['step']:.2f}x** per step, "
+                     f"**{per_1k_completion_tokens(s) / per_1k_completion_tokens(aharl):.2f}x** per 1,000 completion tokens")
+    for name, why in (not_run or {}).items():
+        lines.append(f"{name}: not run here ({why})")
     return "\n".join(lines) + "\n"
 
 
-def plot(aharl: dict[str, float], trl: dict[str, float] | None, path: str, title: str) -> None:
+def plot(aharl: dict[str, float], trl: dict[str, float] | None, path: str, title: str, trl_vllm: dict[str, float] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,7 +206,9 @@ def plot(aharl: dict[str, float], trl: dict[str, float] | None, path: str, title
         ax.barh("aharl", aharl[phase], left=left, label=phase)
         left += aharl[phase]
     if trl is not None:
-        ax.barh("TRL GRPOTrainer", trl["step"], color="grey", label="TRL (whole step)")
+        ax.barh(TRL_HF, trl["step"], color="grey", label="TRL (whole step)")
+    if trl_vllm is not None:
+        ax.barh(TRL_VLLM, trl_vllm["step"], color="darkgrey", label="TRL + vLLM (whole step)")
     ax.set_xlabel("seconds per step")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -1,4 +1,4 @@
-"""``aharl bench rollout`` and ``aharl bench step``: figures side by side, written as JSON, Markdown and PNG."""
+"""``aharl bench rollout``, ``step``, ``scaling`` and ``layout``: figures side by side, written as JSON and Markdown (and PNG)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 
 from aharl.cli.common import load_run_config, out_dir
-from aharl.errors import AharlError
+from aharl.errors import AharlError, first_line
 
 
 def _bench_config(args: argparse.Namespace, extra: list[str]):
@@ -64,19 +64,28 @@ def bench_step(args: argparse.Namespace) -> int:
     config = _bench_config(args, extra)
     print(f"aharl: {args.steps} steps", flush=True)
     aharl_summary = bench.summarise_steps(bench.aharl_steps(config, args.steps))
-    trl_summary = None
+    trl_summary = trl_vllm_summary = None
+    not_run: dict[str, str] = {}
     if args.no_trl:
         pass
     elif bench.trl_available():
-        print(f"TRL GRPOTrainer: {args.steps} steps", flush=True)
+        print(f"{bench.TRL_HF}: {args.steps} steps", flush=True)
         trl_summary = bench.summarise_steps(bench.trl_steps(config, args.steps))
+        if args.trl_vllm:
+            print(f"{bench.TRL_VLLM}: {args.steps} steps", flush=True)
+            try:
+                trl_vllm_summary = bench.summarise_steps(bench.trl_steps(config, args.steps, vllm=True))
+            except Exception as exc:  # TRL's vLLM path on a build it does not support: report it, keep the other figures
+                not_run[bench.TRL_VLLM] = f"{type(exc).__name__}: {first_line(str(exc), 200)}"
+                print(f"{bench.TRL_VLLM} could not run here: {not_run[bench.TRL_VLLM]}", flush=True)
     else:
         print("TRL is not installed (pip install -e '.[trl]'): measuring aharl only")
     out = out_dir(args.out)
-    table = bench.markdown(aharl_summary, trl_summary, args.steps)
-    (out / "step.json").write_text(json.dumps({"config": config.to_dict(), "aharl": aharl_summary, "trl": trl_summary}, indent=2))
+    table = bench.markdown(aharl_summary, trl_summary, args.steps, trl_vllm_summary, not_run)
+    record = {"config": config.to_dict(), "aharl": aharl_summary, "trl": trl_summary, "trl_vllm": trl_vllm_summary, "not_run": not_run}
+    (out / "step.json").write_text(json.dumps(record, indent=2))
     (out / "step.md").write_text(table)
-    bench.plot(aharl_summary, trl_summary, str(out / "step.png"), f"GRPO step: {config.rollout.n} x {config.learner.prompts_per_step} prompts, {config.rollout.max_tokens} tokens")
+    bench.plot(aharl_summary, trl_summary, str(out / "step.png"), f"GRPO step: {config.rollout.n} x {config.learner.prompts_per_step} prompts, {config.rollout.max_tokens} tokens", trl_vllm_summary)
     print(table, end="")
     print(f"wrote {out}/step.json, step.md, step.png")
     return 0
@@ -102,4 +111,31 @@ def bench_scaling(args: argparse.Namespace) -> int:
     (out / "scaling.md").write_text(table)
     print(table)
     print(f"wrote {out}/scaling.json, scaling.md")
+    return 0
+
+
+def bench_layout(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM
+
+    from aharl.bench import layout as bench
+    from aharl.device import resolve_device, training_dtype
+    from aharl.modelhub import resolve_model_path
+
+    if min(args.prompt_tokens, args.completions, args.max_tokens) < 1:
+        raise AharlError("--prompt-tokens, --completions and --max-tokens must be at least 1")
+    config = load_run_config(args.config, list(args.overrides))
+    device = resolve_device(config)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.model.path), dtype=training_dtype(config, device)).to(device)
+    group = bench.synthetic_group(args.prompt_tokens, args.completions, args.max_tokens)
+    print(f"one group: prompt {args.prompt_tokens} tokens, {args.completions} completions of up to {args.max_tokens} ({config.model.path}, {device})", flush=True)
+    timings = bench.run_layouts(model, group, config.learner.logprob_chunk_rows)
+    out = out_dir(args.out)
+    table = bench.markdown(timings)
+    shape = {"prompt_tokens": args.prompt_tokens, "completions": args.completions, "max_tokens": args.max_tokens, "model": config.model.path, "device": device}
+    (out / "layout.json").write_text(json.dumps({"shape": shape, "layouts": [dataclasses.asdict(t) for t in timings]}, indent=2))
+    (out / "layout.md").write_text(table)
+    print(table, end="")
+    print(f"wrote {out}/layout.json, layout.md")
     return 0

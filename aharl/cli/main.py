@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("--reference", action="store_true", help="the reference recipe's shape (16 x 4 prompts, 200 tokens, reference rewards) on --prompts")
     step.add_argument("--prompts", help="a .jsonl of GSM8K rows (needed with --reference when offline)")
     step.add_argument("--no-trl", action="store_true", help="measure aharl only")
+    step.add_argument("--trl-vllm", action="store_true", help="also TRL generating with its own vLLM (colocate mode); reported as not run, with the reason, where it fails")
     step.add_argument("--out", default="runs/bench-step")
     step.add_argument("overrides", nargs="*")
     step.set_defaults(run=_bench_step)
@@ -99,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     scaling.add_argument("--out", default="runs/bench-scaling")
     scaling.add_argument("overrides", nargs="*")
     scaling.set_defaults(run=_bench_scaling)
+
+    layout = bench.add_parser("layout", help="the update's forward+backward on one group in each micro-batch layout (packed, padded, token budgets)")
+    layout.add_argument("--config", default="quickstart", help="the model comes from here (a shipped name or a file)")
+    layout.add_argument("--prompt-tokens", type=int, default=120, help="prompt length (default: a GSM8K prompt with the reference system prompt)")
+    layout.add_argument("--completions", type=int, default=16, help="completions in the group (G)")
+    layout.add_argument("--max-tokens", type=int, default=200, help="completion length: half run to it, half stop earlier")
+    layout.add_argument("--out", default="runs/bench-layout")
+    layout.add_argument("overrides", nargs="*")
+    layout.set_defaults(run=_bench_layout)
 
     doctor = commands.add_parser("doctor", help="check the GPU paths on this machine (the CPU subset without a GPU): a PASS/FAIL/SKIP line each")
     doctor.add_argument("--out", default="runs/doctor", help="where the model, logs and doctor.json go")
@@ -153,6 +163,12 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--output", help="write JSONL here instead of stdout")
     score.set_defaults(run=_rewards_score)
     return parser
+
+
+def _bench_layout(args: argparse.Namespace) -> int:
+    from aharl.cli.bench import bench_layout
+
+    return bench_layout(args)
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -99,3 +99,24 @@ def test_step_table_compares_trainers_per_1000_completion_tokens():
     table = markdown(aharl, trl, steps=3)
     assert "**1.20x** per step" in table and "**2.40x** per 1,000 completion tokens" in table
     assert "| TRL GRPOTrainer | 12.0 | 12.00 | 800 | 1000 (20.0) |" in table
+    with_vllm = markdown(aharl, trl, 3, trl_vllm={**trl, "step": 6.0}, not_run={})
+    assert "TRL GRPOTrainer + vLLM colocate / aharl: **0.60x** per step" in with_vllm
+    failed = markdown(aharl, trl, 3, not_run={"TRL GRPOTrainer + vLLM colocate": "RuntimeError: no CUDA"})
+    assert failed.rstrip().endswith("TRL GRPOTrainer + vLLM colocate: not run here (RuntimeError: no CUDA)")
+
+
+def test_layout_bench_times_each_layout_on_the_positions_it_computes(tmp_path, smollm2_tokenizer):
+    """The layouts' position counts are those of their definitions, so the table compares what it says it compares."""
+    from aharl.bench.layout import LAYOUTS, run_layouts, synthetic_group
+    from tests.helpers.toy import build_tiny_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "m", smollm2_tokenizer))
+    group = synthetic_group(prompt_tokens=30, completions=6, max_tokens=40)
+    lengths = [len(c.token_ids) for c in group.group.completions]
+    assert lengths.count(40) == 3 and all(24 <= n <= 40 for n in lengths)
+    timings = {t.label: t for t in run_layouts(model, group, chunk_rows=64)}
+    assert list(timings) == [label for label, _, _ in LAYOUTS]
+    assert timings["padded, one group"].positions == 6 * (30 + 40)
+    assert timings["shared_prefix, one group per row"].positions == 30 + sum(lengths)
+    assert all(t.forward_backward_s > 0 and t.forward_s > 0 for t in timings.values())
