@@ -58,7 +58,10 @@ def bench_step(args: argparse.Namespace) -> int:
     if args.reference:
         extra += ["rollout.n=16", "learner.prompts_per_step=4", "learner.micro_batch_prompts=1", "rollout.max_tokens=200",
                   "rollout.temperature=0.9", "grpo.beta=0.04", "learner.lr=5e-6", "rewards.functions=[reference]",
-                  "data.max_prompt_tokens=256", "data.system_prompt=" + json.dumps(REFERENCE_SYSTEM_PROMPT)]
+                  "data.max_prompt_tokens=256", "data.system_prompt=" + json.dumps(REFERENCE_SYSTEM_PROMPT),
+                  # A group is ~3,000 tokens at this shape: as one packed row its attention
+                  # costs more than the prompt copies it saves (docs/benchmarks.md, bench layout).
+                  "learner.max_tokens_per_micro_batch=1024"]
     if args.steps < 1:
         raise AharlError("--steps must be at least 1")
     config = _bench_config(args, extra)
