@@ -87,6 +87,8 @@ def score_batch(
     per_function: dict[str, list[float]] = {}
     errors: dict[str, str] = {}
     logs = RewardLogs()
+    if not len(batch):  # a worker's empty chunk: TRL-form code often reads prompts[0], so nothing is called
+        return RewardScores({name: [] for name, _ in functions}, [], errors, logs)
     for name, fn in functions:
         try:
             per_function[name] = call_reward(name, fn, batch, logs)

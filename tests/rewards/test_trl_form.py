@@ -221,3 +221,12 @@ def test_cli_scores_trl_form_functions_with_prompts_and_columns(tmp_path, capsys
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line[f"{code}:unit_ok"] for line in lines] == [1.0, None]
     assert [line["total"] for line in lines] == [1.0, 0.5]
+
+
+def test_an_empty_chunk_calls_no_function():
+    """A pool with more workers than rows sends empty chunks; TRL-form code such as ``prompts[0]`` must not see them."""
+    def reads_first_prompt(prompts, completions, **kwargs):
+        return [float(len(prompts[0]))] * len(completions)
+
+    scores = score_batch(RewardBatch.of_texts([], []), [("first", reads_first_prompt)])
+    assert scores.per_function == {"first": []} and scores.total == [] and not scores.errors
