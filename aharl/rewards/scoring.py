@@ -101,6 +101,8 @@ def score_batch(
         sum(weights.get(name, 1.0) * values[i] for name, values in per_function.items() if not math.isnan(values[i]))
         for i in range(len(batch))
     ]
+    # A log_extra column cut or filled with None to one value per completion (user code may log any number).
+    logs.extras = {column: list(values[: len(batch)]) + [None] * max(0, len(batch) - len(values)) for column, values in logs.extras.items()}
     return RewardScores(per_function, total, errors, logs)
 
 
@@ -136,15 +138,10 @@ def split_by_group(groups: Sequence[RolloutGroup], scores: RewardScores) -> list
     for g in groups:
         end = offset + len(g.completions)
         per = {name: values[offset:end] for name, values in scores.per_function.items()}
-        extras = {column: _padded(values, len(scores.total))[offset:end] for column, values in scores.logs.extras.items()}
+        extras = {column: values[offset:end] for column, values in scores.logs.extras.items()}
         scored.append(ScoredGroup(g, per, scores.total[offset:end], scores.errors, extras))
         offset = end
     return scored
-
-
-def _padded(values: list[Any], count: int) -> list[Any]:
-    """A ``log_extra`` column cut or filled with None to one value per completion (user code may log any number)."""
-    return list(values[:count]) + [None] * max(0, count - len(values))
 
 
 def json_number(value: float) -> float | None:

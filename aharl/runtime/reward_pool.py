@@ -111,15 +111,14 @@ class RewardPool:
 
 
 def _merged_logs(results: Sequence[RewardScores], chunks: Sequence[tuple[int, int]]) -> RewardLogs:
-    """The chunks' logs as one: metric values pooled, ``log_extra`` columns joined in row order (None where a chunk logged none)."""
+    """The chunks' logs as one: metric values pooled, ``log_extra`` columns (one value per row already) joined in row order, None where a chunk logged none."""
     merged = RewardLogs()
     columns = list(dict.fromkeys(column for r in results for column in r.logs.extras))
     for result, (a, b) in zip(results, chunks):
         for name, values in result.logs.metrics.items():
             merged.metrics.setdefault(name, []).extend(values)
         for column in columns:
-            values = list(result.logs.extras.get(column, []))[: b - a]
-            merged.extras.setdefault(column, []).extend(values + [None] * (b - a - len(values)))
+            merged.extras.setdefault(column, []).extend(result.logs.extras.get(column, [None] * (b - a)))
     return merged
 
 
