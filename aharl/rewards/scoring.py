@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from aharl.errors import RewardError, first_line
 from aharl.rewards.calling import RewardBatch, RewardLogs, RewardStep, invoke, required_columns
