@@ -8,6 +8,7 @@ for the rollout engine (files, CUDA IPC or NCCL, see :mod:`aharl.sync`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -24,6 +25,7 @@ from aharl.rng import restore_rng_state, rng_state
 from aharl.sync import cuda_ipc, nccl, shm
 from aharl.sync.buckets import plan_buckets
 from aharl.grpo.batch import MicroBatch, pad_sequences
+from aharl.learner import lora
 from aharl.learner.forward import completion_logprobs, supports_shared_prefix
 from aharl.grpo.loss import grpo_loss, rollout_correction_weights
 
@@ -149,17 +151,23 @@ class Learner:
             )
         if config.learner.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.lora = config.model.lora.r > 0
+        if self.lora:
+            model = lora.wrap(model, config.model.lora)
         self.reference = None
-        if config.grpo.beta > 0:
+        if config.grpo.beta > 0 and not self.lora:  # with LoRA the reference is the base: the adapters switched off
             self.reference = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
             self.reference.requires_grad_(False)
 
         lr = config.learner
         # As the HF Trainer the reference ran under: no weight decay on biases and norm weights.
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in trainable if p.ndim >= 2]
+        no_decay = [p for p in trainable if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": lr.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": lr.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            # DeepSpeed drops an empty group (LoRA has no 1-D weights), which would leave the scheduler one group too many.
+            [group for group in groups if group["params"]],
             lr=lr.lr,
             betas=lr.betas,
         )
@@ -190,6 +198,15 @@ class Learner:
         """Log-probs ``[S, C]`` of the completion tokens and, if asked, the entropy ``[S, C]`` (:mod:`aharl.learner.forward`)."""
         return completion_logprobs(model, mb, self.config.learner.logprob_chunk_rows, entropy)
 
+    def _reference_logp(self, mb: MicroBatch) -> torch.Tensor | None:
+        """The KL reference's log-probs ``[S, C]``: the frozen copy, or with LoRA the policy with its adapters off; None without a KL term."""
+        if self.reference is not None:
+            return self._policy_logp(self.reference, mb)[0]
+        if self.lora and self.config.grpo.beta > 0:
+            with self.engine.module.disable_adapter():
+                return self._policy_logp(self.engine.module, mb)[0]
+        return None
+
     @torch.no_grad()
     def completion_logprobs(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
         """The current policy's log-probs for given completions (to compare with the rollout engine)."""
@@ -219,10 +236,8 @@ class Learner:
         timings = {"time/reference": 0.0, "time/train": 0.0}
 
         started = time.perf_counter()
-        ref_logps: list[torch.Tensor | None] = [None] * len(batches)
-        if self.reference is not None:
-            with torch.no_grad():
-                ref_logps = [self._policy_logp(self.reference, mb)[0] for mb in batches]
+        with torch.no_grad():
+            ref_logps = [self._reference_logp(mb) for mb in batches]
         timings["time/reference"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -315,10 +330,19 @@ class Learner:
     # Weights out
 
     def named_weights(self, only: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full (gathered) parameters under their HF names; tied weights once. ``only``: just these names (one bucket)."""
+        """Full (gathered) parameters under their HF names; tied weights once. ``only``: just these names (one bucket).
+
+        With LoRA these are the base model's weights with the adapters merged
+        in (:mod:`aharl.learner.lora`): what the rollout engine and an export take.
+        """
         import deepspeed
 
         module = self.engine.module
+        if self.lora:  # ZeRO-3 is refused with LoRA (config), so nothing to gather
+            for name, param, layer in lora.base_parameters(module):
+                if only is None or name in only:
+                    yield name, lora.merged(param, layer)
+            return
         for name, param in module.named_parameters():
             if only is not None and name not in only:
                 continue
@@ -330,6 +354,8 @@ class Learner:
 
     def full_shapes(self) -> list[tuple[str, torch.dtype, torch.Size]]:
         """Each parameter's full (gathered) shape; under ZeRO-3 a rank holds a ``[0]`` placeholder and the shape is ``ds_shape``."""
+        if self.lora:
+            return [(name, p.dtype, p.shape) for name, p, _ in lora.base_parameters(self.engine.module)]
         return [(name, p.dtype, getattr(p, "ds_shape", p.shape)) for name, p in self.engine.module.named_parameters()]
 
     def weight_buckets(self) -> list[list[str]]:
@@ -383,6 +409,8 @@ class Learner:
 
         Every rank takes part (ZeRO-3 gathers); rank 0 writes into a temporary
         directory and renames it, so a crash mid-write never leaves a half directory.
+        With LoRA the directory holds the merged model (loadable as is) and,
+        under ``adapter/``, the adapter alone for PEFT (``PeftModel.from_pretrained``).
         """
         import shutil
         import tempfile
@@ -395,7 +423,11 @@ class Learner:
         os.makedirs(parent, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
         try:
-            self.engine.module.save_pretrained(staging, state_dict=state)
+            if self.lora:
+                self.engine.module.get_base_model().save_pretrained(staging, state_dict=state)
+                self.engine.module.save_pretrained(os.path.join(staging, lora.ADAPTER_DIR))
+            else:
+                self.engine.module.save_pretrained(staging, state_dict=state)
             os.chmod(staging, 0o755)  # mkdtemp makes it private; the export is for others to read
             if os.path.exists(target):
                 shutil.rmtree(target)
@@ -411,12 +443,18 @@ class Learner:
         """DeepSpeed's checkpoint (weights, optimizer, scheduler) plus this rank's RNG states.
 
         Every rank calls this with the same ``directory`` (a filesystem all
-        ranks share); each writes its own ZeRO shard.
+        ranks share); each writes its own ZeRO shard. With LoRA the module
+        state is the adapters only: the frozen base is the model path's, and
+        a checkpoint of a 7B base stays megabytes.
         """
-        self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"rng": rng_state()}, save_latest=False)
+        with lora.adapters_only_state(self.engine.module) if self.lora else contextlib.nullcontext():
+            self.engine.save_checkpoint(
+                directory, tag=CHECKPOINT_TAG, client_state={"rng": rng_state()}, save_latest=False, exclude_frozen_parameters=self.lora
+            )
 
     def load_state(self, directory: str) -> None:
-        path, client_state = self.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)
+        # The adapters-only module state leaves the base's keys missing, by design.
+        path, client_state = self.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG, load_module_strict=not self.lora)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{CHECKPOINT_TAG}")
         rng = (client_state or {}).get("rng")

@@ -88,6 +88,13 @@ class ModelShape:
         head = 0 if self.tied_embeddings else self.vocab * self.hidden
         return self.vocab * self.hidden + self.layers * layer + self.hidden + head
 
+    def lora_params(self, r: int, targets: Sequence[str]) -> int:
+        """LoRA's trainable parameters: ``r x (in + out)`` for each targeted linear layer (``all-linear``: all seven per layer)."""
+        q, kv, h, i = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
+        sides = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        chosen = sides if list(targets) == ["all-linear"] else {name: sides[name] for name in targets if name in sides}
+        return self.layers * sum(r * (a + b) for a, b in chosen.values())
+
     def kv_bytes_per_token(self, element_bytes: int) -> int:
         """KV cache per token: a key and a value per layer and KV head."""
         return 2 * self.layers * self.kv_heads * self.head_dim * element_bytes
@@ -221,29 +228,35 @@ def learner_parts(config: Config, shape: ModelShape, device: str) -> tuple[list[
     bf16 = lr.precision == "bf16" or (lr.precision == "auto" and device == "cuda")
     w = 2 if bf16 else 4
     p, ranks, stage = shape.params, config.placement.learner_gpus, lr.zero_stage
+    lora = config.model.lora
+    # What the optimizer updates: every weight, or with LoRA the adapters only
+    # (the gradients, optimizer states and ZeRO buckets scale with these).
+    t = shape.lora_params(lora.r, lora.target_modules) if lora.r > 0 else p
     parts: list[Part] = []
     if device == "cpu":
         parts.append(Part("process baseline", CPU_PROCESS_BASELINE_GIB, "Python + torch + DeepSpeed + Ray imported"))
     # -- state that lives across the step
-    weights = w * p / (ranks if stage == 3 else 1)
-    parts.append(Part("weights", weights / GIB, f"{p / 1e6:.0f} M params x {w} B" + (f" / {ranks} ranks (ZeRO-3)" if stage == 3 else "")))
+    weights = w * (p + (t if lora.r > 0 else 0)) / (ranks if stage == 3 else 1)
+    weights_note = f"{p / 1e6:.0f} M params x {w} B" + (f" + LoRA r={lora.r} {t / 1e6:.1f} M" if lora.r > 0 else "")
+    parts.append(Part("weights", weights / GIB, weights_note + (f" / {ranks} ranks (ZeRO-3)" if stage == 3 else "")))
+    trained = "P" if lora.r == 0 else "P_lora"
     if stage == 0:
-        grads = w * p
-        grads_note = f"{w} B per param, unpartitioned (ZeRO 0)"
+        grads = w * t
+        grads_note = f"{w} B per trained param, unpartitioned (ZeRO 0)"
     else:
         # The accumulated fp32 gradient partition (bf16 runs accumulate in fp32) plus the reduce bucket.
-        bucket = min(p, REDUCE_BUCKET_ELEMENTS) if device == "cpu" else REDUCE_BUCKET_ELEMENTS
-        grads = 4 * p / ranks + w * bucket
-        grads_note = f"fp32 partition 4 B x P / {ranks} + reduce bucket {bucket / 1e6:.0f} M x {w} B"
+        bucket = min(t, REDUCE_BUCKET_ELEMENTS) if device == "cpu" else REDUCE_BUCKET_ELEMENTS
+        grads = 4 * t / ranks + w * bucket
+        grads_note = f"fp32 partition 4 B x {trained} / {ranks} + reduce bucket {bucket / 1e6:.1f} M x {w} B"
     parts.append(Part("gradients", grads / GIB, grads_note))
     if stage == 0:
-        optimizer = 2 * w * p  # AdamW m and v in the parameters' dtype, no master copy
+        optimizer = 2 * w * t  # AdamW m and v in the parameters' dtype, no master copy
         optimizer_note = f"Adam m, v {w} B each, unpartitioned"
     else:
-        optimizer = 12 * p / ranks  # fp32 master partition (ZeRO keeps one even in fp32) + fp32 m, v
-        optimizer_note = f"fp32 master + m + v = 12 B x P / {ranks} (ZeRO-{stage})"
+        optimizer = 12 * t / ranks  # fp32 master partition (ZeRO keeps one even in fp32) + fp32 m, v
+        optimizer_note = f"fp32 master + m + v = 12 B x {trained} / {ranks} (ZeRO-{stage})"
     parts.append(Part("optimizer states", optimizer / GIB, optimizer_note))
-    if config.grpo.beta > 0:
+    if config.grpo.beta > 0 and lora.r == 0:  # with LoRA the reference is the base with its adapters off
         parts.append(Part("reference model", w * p / GIB, f"beta={config.grpo.beta:g}: a frozen copy, {w} B per param"))
     # -- the micro-batch's working set (freed after each micro-batch)
     tokens, rows, seqs = micro_batch_tokens(config)
@@ -299,10 +312,10 @@ def learner_parts(config: Config, shape: ModelShape, device: str) -> tuple[list[
         # that autograd fills before ZeRO's hooks reduce it, and one more in the
         # reduction, is the likely account). Inserted before the working set so it
         # counts as state that stays.
-        parts.insert(len(parts) - 3, Part("CPU gradient copies (measured)", CPU_EXTRA_GRAD_COPIES * w * p / GIB,
-                                          f"{CPU_EXTRA_GRAD_COPIES} x {w} B x P, measured on CPU"))
+        parts.insert(len(parts) - 3, Part("CPU gradient copies (measured)", CPU_EXTRA_GRAD_COPIES * w * t / GIB,
+                                          f"{CPU_EXTRA_GRAD_COPIES} x {w} B x {trained}, measured on CPU"))
     static = sum(part.gib for part in parts[: len(parts) - 3]) * GIB
-    step_transient = 4 * p / (1 if stage == 0 else ranks)  # AdamW's foreach temporaries at the optimizer step
+    step_transient = 4 * t / (1 if stage == 0 else ranks)  # AdamW's foreach temporaries at the optimizer step
     peak = static + max(activation, step_transient)
     return parts, peak / GIB
 

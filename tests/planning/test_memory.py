@@ -29,6 +29,30 @@ def test_builtin_smollm2_shape_counts_the_parameters_of_the_real_model():
     assert shape.params == sum(p.numel() for p in model.parameters()) == 134_515_008
 
 
+@pytest.mark.parametrize("targets", [["all-linear"], ["q_proj", "v_proj"]])
+def test_lora_parameter_count_is_what_peft_trains(targets):
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    shape = BUILTIN_SHAPES["HuggingFaceTB/SmolLM2-135M-Instruct"]
+    config = transformers.LlamaConfig(
+        hidden_size=shape.hidden, num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim, intermediate_size=shape.intermediate, vocab_size=shape.vocab, tie_word_embeddings=shape.tied_embeddings,
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules="all-linear" if targets == ["all-linear"] else targets))
+    assert shape.lora_params(16, targets) == sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+
+
+def test_lora_plans_optimizer_state_for_the_adapters_and_no_reference_copy():
+    full = dict((p.name, p.gib) for p in learner_parts(load_config(REFERENCE_3090), BUILTIN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"], "cuda")[0])
+    lora_config = load_config(REFERENCE_3090, ["model.lora.r=16"])
+    lora = dict((p.name, p.gib) for p in learner_parts(lora_config, BUILTIN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"], "cuda")[0])
+    trained = BUILTIN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"].lora_params(16, ["all-linear"])
+    assert lora["optimizer states"] == pytest.approx(12 * trained / GIB)  # fp32 master + m + v of the adapters only
+    assert "reference model" in full and "reference model" not in lora  # the base with adapters off is the reference
+    assert lora["weights"] > full["weights"]  # the adapters themselves sit beside the base
+
+
 def test_builtin_qwen_shape_matches_its_published_count():
     assert BUILTIN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"].params == 494_032_768
 
