@@ -66,7 +66,7 @@ def trl_steps(config: Config, steps: int, vllm: bool = False) -> list[dict[str, 
     prompts, _ = build_prompts(load_rows(config.data), tokenizer, config.data)
     # Every column, the answer column holding the gold answer, as aharl's rewards receive them.
     dataset = Dataset.from_list(
-        [{**p.columns, "prompt": chat_messages(p.question, config.data.system_prompt), "answer": p.answer} for p in prompts]
+        [{**p.columns, "prompt": chat_messages(p.question, config.data.system_prompt, config.data.demonstrations), "answer": p.answer} for p in prompts]
     )
     functions = resolve_reward_functions(config.rewards.functions)
     lc, rc, g = config.learner, config.rollout, config.grpo

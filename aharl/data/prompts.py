@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from aharl.config import DataConfig
+from aharl.config import DataConfig, Demonstration
 from aharl.errors import DataError
 from aharl.types import Prompt
 
@@ -66,11 +66,12 @@ def extract_gold(raw: Any, extractor: str) -> str | None:
     return text or None
 
 
-def chat_messages(question: str, system_prompt: str) -> list[dict[str, str]]:
-    messages = [{"role": "user", "content": question}]
-    if system_prompt:
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
+def chat_messages(question: str, system_prompt: str, demonstrations: Sequence[Demonstration] = ()) -> list[dict[str, str]]:
+    """The conversation the model answers: the system prompt, each demonstration as a user and an assistant turn, then the question."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for demo in demonstrations:
+        messages += [{"role": "user", "content": demo.question}, {"role": "assistant", "content": demo.response}]
+    return messages + [{"role": "user", "content": question}]
 
 
 def is_gold_number(gold: str) -> bool:
@@ -113,7 +114,7 @@ def build_prompts(rows: Sequence[dict[str, Any]], tokenizer, config: DataConfig)
         # recipe's dataset map does, so a TRL-form reward compares against it unchanged.
         columns = {**row, config.answer_column: gold}
         text = tokenizer.apply_chat_template(
-            chat_messages(question, config.system_prompt), tokenize=False, add_generation_prompt=True
+            chat_messages(question, config.system_prompt, config.demonstrations), tokenize=False, add_generation_prompt=True
         )
         candidates.append((question, gold, text, columns))
     # The template already holds the special tokens; adding them again would duplicate BOS.
@@ -124,7 +125,7 @@ def build_prompts(rows: Sequence[dict[str, Any]], tokenizer, config: DataConfig)
         if len(ids) > config.max_prompt_tokens:
             too_long += 1
             continue
-        messages = chat_messages(question, config.system_prompt)
+        messages = chat_messages(question, config.system_prompt, config.demonstrations)
         prompts.append(Prompt(len(prompts), question, gold, text, list(ids), messages, columns))
     report = PromptReport(len(rows), len(prompts), too_long, no_answer, malformed, non_numeric, duplicate)
     if not prompts:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from aharl.config import DataConfig, SyntheticConfig
+from aharl.config import DataConfig, Demonstration, SyntheticConfig
 from aharl.data.prompts import build_prompts, chat_messages, extract_gold
 from aharl.data.sampler import PromptSampler
 from aharl.data.sources import load_rows
@@ -58,6 +58,19 @@ def test_prompts_use_the_chat_template_and_count_what_is_dropped(tmp_path, smoll
     assert prompts[0].text.endswith("<|im_start|>assistant\n")
     assert smollm2_tokenizer.decode(prompts[0].token_ids) == prompts[0].text
     assert "2 over the prompt-token limit" not in report.summary() and "1 over the prompt-token limit" in report.summary()
+
+
+def test_demonstrations_come_between_the_system_prompt_and_the_question_as_answered_turns(tmp_path, smollm2_tokenizer):
+    demo = Demonstration("What is 1 + 1?", "<answer>\n2\n</answer>")
+    rows = [{"question": "What is 2 + 3?", "answer": "#### 5"}]
+    config = DataConfig(source=str(_write_jsonl(tmp_path / "train.jsonl", rows)), demonstrations=[demo])
+    (prompt,), _ = build_prompts(load_rows(config), smollm2_tokenizer, config)
+    assert [m["role"] for m in prompt.messages] == ["system", "user", "assistant", "user"]
+    assert prompt.messages[2]["content"] == demo.response and prompt.messages[3]["content"] == "What is 2 + 3?"
+    text = prompt.text
+    # The model sees the worked answer before the question it must answer, and answers after it.
+    assert text.index(REFERENCE_SYSTEM_PROMPT) < text.index("What is 1 + 1?") < text.index("<answer>\n2\n</answer>") < text.index("What is 2 + 3?")
+    assert text.endswith("<|im_start|>assistant\n")
 
 
 def test_other_datasets_via_columns_and_parquet(tmp_path, smollm2_tokenizer):
