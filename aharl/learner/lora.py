@@ -23,6 +23,7 @@ from typing import Iterator
 import torch
 
 from aharl.config import LoraConfig
+from aharl.errors import ConfigError, first_line
 
 # PeftModel wraps the transformers model twice: PeftModel.base_model (the
 # LoraModel) and LoraModel.model (the transformers model).
@@ -45,7 +46,23 @@ def wrap(model: torch.nn.Module, settings: LoraConfig) -> torch.nn.Module:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:  # PEFT's words for a target that names no layer of this model
+        raise ConfigError(
+            "model.lora.target_modules",
+            f"= {list(targets)} cannot be applied to {type(model).__name__}: {first_line(str(exc), 160)}",
+            "name linear layers the model has (e.g. [q_proj, v_proj] for Llama/Qwen2), or use [all-linear]",
+        ) from None
+
+
+def check_targets(model_path: str, settings: LoraConfig) -> None:
+    """Wrap the model's skeleton (meta device, no weights) so that a target naming no layer fails before any actor starts."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    wrap(skeleton, settings)
 
 
 def is_adapter_parameter(peft_name: str) -> bool:

@@ -26,7 +26,8 @@ from aharl.errors import DataError, RunFault
 from aharl.evaluation.run import eval_prompt_set
 from aharl.grpo.advantages import advantage_metrics, group_advantages
 from aharl.grpo.batch import build_micro_batches, layout_metrics
-from aharl.modelhub import load_tokenizer
+from aharl.learner import lora
+from aharl.modelhub import load_tokenizer, resolve_model_path
 from aharl.rewards.calling import RewardStep
 from aharl.rewards.registry import check_reward_columns
 from aharl.rollout.engine import SamplingSettings
@@ -192,6 +193,8 @@ def _train(config: Config, run: RunLifecycle, device: str, print_fn: Callable[[s
         print_fn(f"library logs (Ray, vLLM, DeepSpeed): {log_dir}/")
 
     tokenizer = load_tokenizer(config.model.path)
+    if config.model.lora.r > 0:
+        lora.check_targets(resolve_model_path(config.model.path), config.model.lora)
     prompts, report = build_prompts(load_rows(config.data), tokenizer, config.data)
     print_fn(f"data: {report.summary()}")
     check_reward_columns(config.rewards.functions, prompts[0].columns, config.data.source)

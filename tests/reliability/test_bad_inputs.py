@@ -358,6 +358,9 @@ CASES: list[Case] = [
          (*TRAIN, "model.path={tmp}/model"), ("{tmp}/model", "tokenizer.json", "tokenizer.save_pretrained"), setup=model_without_tokenizer),
     Case("model-hub-offline", "a hub id with HF_HUB_OFFLINE=1 (no network)", "names the model and the offline alternatives",
          (*TRAIN, "model.path=nobody-xyz/no-such-model"), ("'nobody-xyz/no-such-model'", "without network"), setup=hub_offline),
+    Case("model-lora-target-missing", "model.lora.target_modules names no layer of the model (`[qkv]` on a Llama)",
+         "names the key and PEFT's reason before any actor starts", (*TRAIN, "model.lora.r=4", "model.lora.target_modules=[qkv]"),
+         ("`model.lora.target_modules`", "qkv", "not found in the base model", "all-linear")),
     # -- data: files that cannot be used -----------------------------------------------
     Case("data-file-missing", "data.source names a .jsonl that does not exist", "names the file",
          (*TRAIN, "data.source={tmp}/none.jsonl"), ("data file {tmp}/none.jsonl does not exist",)),
