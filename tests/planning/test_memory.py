@@ -18,28 +18,30 @@ TOO_BIG = ("model.path=Qwen/Qwen2.5-3B-Instruct", "learner.zero_stage=0")
 BIG_MICRO_BATCH = ("learner.gradient_checkpointing=false", "learner.micro_batch_prompts=4", "learner.packing=padded")
 
 
-def test_builtin_smollm2_shape_counts_the_parameters_of_the_real_model():
+SMOLLM2 = BUILTIN_SHAPES["HuggingFaceTB/SmolLM2-135M-Instruct"]
+
+
+def model_of_shape(shape):
+    """A randomly initialised transformers Llama with ``shape``'s sizes: an independent count of its parameters."""
     transformers = pytest.importorskip("transformers")
-    shape = BUILTIN_SHAPES["HuggingFaceTB/SmolLM2-135M-Instruct"]
     config = transformers.LlamaConfig(
         hidden_size=shape.hidden, num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
         head_dim=shape.head_dim, intermediate_size=shape.intermediate, vocab_size=shape.vocab, tie_word_embeddings=shape.tied_embeddings,
     )
-    model = transformers.AutoModelForCausalLM.from_config(config)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def test_builtin_smollm2_shape_counts_the_parameters_of_the_real_model():
+    shape = SMOLLM2
+    model = model_of_shape(shape)
     assert shape.params == sum(p.numel() for p in model.parameters()) == 134_515_008
 
 
 @pytest.mark.parametrize("targets", [["all-linear"], ["q_proj", "v_proj"]])
 def test_lora_parameter_count_is_what_peft_trains(targets):
-    transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    shape = BUILTIN_SHAPES["HuggingFaceTB/SmolLM2-135M-Instruct"]
-    config = transformers.LlamaConfig(
-        hidden_size=shape.hidden, num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-        head_dim=shape.head_dim, intermediate_size=shape.intermediate, vocab_size=shape.vocab, tie_word_embeddings=shape.tied_embeddings,
-    )
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules="all-linear" if targets == ["all-linear"] else targets))
+    shape = SMOLLM2
+    wrapped = peft.get_peft_model(model_of_shape(shape), peft.LoraConfig(r=16, target_modules="all-linear" if targets == ["all-linear"] else targets))
     assert shape.lora_params(16, targets) == sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
