@@ -674,6 +674,7 @@ def test_every_config_key_rejects_a_wrong_type(key: str, capsys: pytest.CaptureF
 
 # A value out of range for each numeric key, with any other override it needs.
 OUT_OF_RANGE: dict[str, tuple[str, ...]] = {
+    "model.lora.r": ("-1",), "model.lora.alpha": ("0",), "model.lora.dropout": ("1.0",),
     "rollout.n": ("1",), "rollout.temperature": ("0",), "rollout.top_p": ("0",), "rollout.max_tokens": ("0",),
     "rollout.gpu_memory_utilization": ("1.5",), "rollout.num_engines": ("0",), "rollout.timeout_s": ("0",),
     "rewards.num_workers": ("0",), "rewards.timeout_s": ("0",),
