@@ -582,8 +582,8 @@ def _coerce(value: Any, hint: Any, key: str, sources: dict[str, str]) -> Any:
         if not isinstance(items, list):
             raise ConfigError(key, f"must be a list, got {value!r}", "write a YAML list, e.g. [a, b]", source)
         # An item that is a section of its own names its position: data.demonstrations.0.question.
-        item_key = (lambda i: f"{key}.{i}") if dataclasses.is_dataclass(args[0]) else (lambda i: key)
-        return [_coerce(v, args[0], item_key(i), sources) for i, v in enumerate(items)]
+        sections = dataclasses.is_dataclass(args[0])
+        return [_coerce(v, args[0], f"{key}.{i}" if sections else key, sources) for i, v in enumerate(items)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(key, f"must be a list of {len(args)} numbers, got {value!r}", "write e.g. [0.9, 0.99]", source)

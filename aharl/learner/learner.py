@@ -188,6 +188,9 @@ class Learner:
         # layer's activations only in training mode: without this,
         # gradient_checkpointing would be configured but never in effect.
         self.engine.train()
+        # With LoRA, each base weight under its plain name and the adapter that merges into it
+        # (the module tree is fixed from here on, so every sync reuses this list).
+        self._lora_weights = list(lora.base_parameters(self.engine.module)) if self.lora else []
         self._ipc_buffers: list[Any] = []  # packed buckets the rollout worker may still be reading
         self._broadcast: nccl.Group | None = None
 
@@ -339,7 +342,7 @@ class Learner:
 
         module = self.engine.module
         if self.lora:  # ZeRO-3 is refused with LoRA (config), so nothing to gather
-            for name, param, layer in lora.base_parameters(module):
+            for name, param, layer in self._lora_weights:
                 if only is None or name in only:
                     yield name, lora.merged(param, layer)
             return
@@ -355,7 +358,7 @@ class Learner:
     def full_shapes(self) -> list[tuple[str, torch.dtype, torch.Size]]:
         """Each parameter's full (gathered) shape; under ZeRO-3 a rank holds a ``[0]`` placeholder and the shape is ``ds_shape``."""
         if self.lora:
-            return [(name, p.dtype, p.shape) for name, p, _ in lora.base_parameters(self.engine.module)]
+            return [(name, p.dtype, p.shape) for name, p, _ in self._lora_weights]
         return [(name, p.dtype, getattr(p, "ds_shape", p.shape)) for name, p in self.engine.module.named_parameters()]
 
     def weight_buckets(self) -> list[list[str]]:
@@ -423,11 +426,11 @@ class Learner:
         os.makedirs(parent, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
         try:
+            # With LoRA the transformers model under PEFT's wrapper writes the merged state as a plain model.
+            plain = self.engine.module.get_base_model() if self.lora else self.engine.module
+            plain.save_pretrained(staging, state_dict=state)
             if self.lora:
-                self.engine.module.get_base_model().save_pretrained(staging, state_dict=state)
                 self.engine.module.save_pretrained(os.path.join(staging, lora.ADAPTER_DIR))
-            else:
-                self.engine.module.save_pretrained(staging, state_dict=state)
             os.chmod(staging, 0o755)  # mkdtemp makes it private; the export is for others to read
             if os.path.exists(target):
                 shutil.rmtree(target)

@@ -232,11 +232,12 @@ def learner_parts(config: Config, shape: ModelShape, device: str) -> tuple[list[
     # What the optimizer updates: every weight, or with LoRA the adapters only
     # (the gradients, optimizer states and ZeRO buckets scale with these).
     t = shape.lora_params(lora.r, lora.target_modules) if lora.r > 0 else p
+    adapters = t if lora.r > 0 else 0  # weights held beside the base
     parts: list[Part] = []
     if device == "cpu":
         parts.append(Part("process baseline", CPU_PROCESS_BASELINE_GIB, "Python + torch + DeepSpeed + Ray imported"))
     # -- state that lives across the step
-    weights = w * (p + (t if lora.r > 0 else 0)) / (ranks if stage == 3 else 1)
+    weights = w * (p + adapters) / (ranks if stage == 3 else 1)
     weights_note = f"{p / 1e6:.0f} M params x {w} B" + (f" + LoRA r={lora.r} {t / 1e6:.1f} M" if lora.r > 0 else "")
     parts.append(Part("weights", weights / GIB, weights_note + (f" / {ranks} ranks (ZeRO-3)" if stage == 3 else "")))
     trained = "P" if lora.r == 0 else "P_lora"
