@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -146,6 +147,10 @@ class Cluster:
         """``log_dir``: where the actors' output goes (:mod:`aharl.runtime.logs`); ``None`` streams it to the driver."""
         self.config = config
         self.log_dir = log_dir
+        # Seconds each start-up phase took (placement, rollout, learner, sync), for the "started" line:
+        # on a GPU most of a run's first minutes go here, and this says where.
+        self.startup: dict[str, float] = {}
+        clock = time.perf_counter()
         self.layout = plan_layout(config, device)
         self.topology = probe_gpus(config) if device == "cuda" else Topology()
         self.sync_choice = choose_sync(config, device, self.topology)
@@ -158,6 +163,7 @@ class Cluster:
             )
         nodes = bundle_nodes(self.pg)
         self.sync_choice = across_nodes(self.sync_choice, config, self.layout, nodes)
+        self.startup["placement"], clock = time.perf_counter() - clock, time.perf_counter()
         # The rollout engines start first: on a shared GPU vLLM sizes its
         # KV cache from the free memory it sees.
         env = self.sync_choice.env
@@ -167,6 +173,7 @@ class Cluster:
         self._engine_env = [{**rollout_env(), **env, **shares.get(e, {})} for e in range(len(self.layout.rollouts))]
         self.rollouts = [self._start_engine(e) for e in range(len(self.layout.rollouts))]
         ray.get([rollout.parameter_checksum.remote() for rollout in self.rollouts])
+        self.startup["rollout"], clock = time.perf_counter() - clock, time.perf_counter()
         self.engine_restarts = 0
         # DeepSpeed's group meets at learner rank 0's node.
         learner_bundles = [slot.bundle_index for slot in self.layout.learners]
@@ -177,6 +184,7 @@ class Cluster:
             for rank, slot in enumerate(self.layout.learners)
         ]
         ray.get([learner.parameter_checksum.remote() for learner in self.learners])
+        self.startup["learner"], clock = time.perf_counter() - clock, time.perf_counter()
         rollout_bundles = [slot.bundle_index for slot in self.layout.rollouts]
 
         def meet() -> tuple[str, int]:
@@ -186,6 +194,7 @@ class Cluster:
         self.sync = TRANSPORTS[self.sync_choice.method](
             self.learners, self.rollouts, run_id, config.sync.timeout_s, rollout_workers(config, device), meet
         )
+        self.startup["sync"] = time.perf_counter() - clock
 
     @property
     def rollout(self):

@@ -219,7 +219,8 @@ def _train(config: Config, run: RunLifecycle, device: str, print_fn: Callable[[s
     print_fn(
         f"started {plural(config.rollout.num_engines, 'rollout engine')} ({config.rollout.backend}, {device}), "
         f"{plural(config.placement.learner_gpus, 'learner rank')}, {config.rewards.num_workers} reward workers "
-        f"in {time.perf_counter() - started:.0f}s; {cluster.sync_choice.line()}"
+        f"in {time.perf_counter() - started:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in cluster.startup.items())}); "
+        f"{cluster.sync_choice.line()}"
     )
     step = start_step
     try:
