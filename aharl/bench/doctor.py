@@ -57,8 +57,8 @@ from aharl.errors import AharlError
 # bf16: one rounding of the weights and activations on either side; 2.08e-2
 # measured on an H200 (doctor's random model, CUDA IPC sync; 3.02 stale).
 SYNC_BOUNDS = {("fp32", "cpu"): 1e-4, ("fp32", "cuda"): 2e-3, ("bf16", "cuda"): 5e-2}
-CHECKS = ("learner-zero2", "learner-zero3", "ipc-round-trip", "sleep-wake", "sync-fp32", "sync-bf16", "train-3-steps", "rollout-throughput", "nccl-2-gpus",
-          "reference-shape")
+CHECKS = ("learner-zero2", "learner-zero3", "ipc-round-trip", "sleep-wake", "sync-fp32", "sync-bf16", "train-3-steps", "train-lora",
+          "rollout-throughput", "nccl-2-gpus", "reference-shape")
 
 
 @dataclass
@@ -368,26 +368,64 @@ def processes_tagged(tag: str) -> list[str]:
     return found
 
 
-def check_train(model: Path, out: Path, device: str) -> str:
+# A random model never earns the quickstart's rewards (every completion scores 0, so every
+# advantage is 0 and no update moves a weight). The train checks score the share of vowels
+# instead: it differs between any two completions, so each step has a gradient to apply.
+SPREAD_REWARD = '''
+def vowel_share(completions, answers):
+    return [sum(ch in "aeiou" for ch in text) / max(1, len(text)) for text in completions]
+'''
+
+
+def check_train(model: Path, out: Path, device: str, name: str = "train-3-steps", *extra: str) -> tuple[str, list[dict[str, Any]]]:
+    """``aharl train quickstart`` for 3 steps in its own process: exit 0, every step logged and updating, no process left behind."""
     tag = uuid.uuid4().hex
     env = {**os.environ, "AHARL_DOCTOR_TAG": tag}
     env.pop("RAY_ADDRESS", None)  # its own local Ray, stopped with it
-    command = [sys.executable, "-m", "aharl.cli.main", "train", "quickstart", *doctor_overrides(model, out, device, "logging.run_name=train-3-steps")]
+    reward_file = out / "doctor_rewards.py"
+    reward_file.write_text(SPREAD_REWARD)
+    overrides = doctor_overrides(model, out, device, f"logging.run_name={name}", f"rewards.functions=[{reward_file}:vowel_share]", *extra)
+    command = [sys.executable, "-m", "aharl.cli.main", "train", "quickstart", *overrides]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1500)
     seconds = time.perf_counter() - started
+    (out / f"{name}.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise AssertionError(f"exit {done.returncode}: {_last_line(done.stderr or done.stdout)}")
-    rows = [json.loads(line) for line in (out / "train-3-steps" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     steps = [row for row in rows if "reward/total" in row]
     if [row["step"] for row in steps] != [1, 2, 3]:
         raise AssertionError(f"logged steps {[row['step'] for row in steps]}, not [1, 2, 3]")
+    still = [row["step"] for row in steps if not row["grad_norm"] > 0]
+    if still:
+        raise AssertionError(f"step {still[0]} had no gradient (grad_norm {steps[still[0] - 1]['grad_norm']}): the weights did not move")
     time.sleep(2)
     left = processes_tagged(tag)
     if left:
         raise AssertionError(f"{len(left)} processes left after exit: {left[0]}")
     worst = max(row["sync/logp_diff"] for row in steps)
-    return f"3 steps in {seconds:.0f}s, sync/logp_diff <= {worst:.1e}, no process left after exit"
+    return f"3 steps in {seconds:.0f}s, sync/logp_diff <= {worst:.1e}, no process left after exit", steps
+
+
+# LoRA adapters (rank 16 on every linear layer) on the learner, merged weights synced into vLLM.
+LORA = ("model.lora.r=16", "model.lora.alpha=32", "learner.lr=1e-2")
+
+
+def check_lora(model: Path, out: Path, device: str) -> str:
+    """The LoRA learner on this stack: it trains, and vLLM samples from the merged weights it syncs.
+
+    ``sync/logp_diff`` is the mean per-token gap between vLLM's and the
+    learner's log-probs, so a sync that skipped the adapters' deltas shows
+    up there once the adapters have moved (every step has a gradient, see
+    :func:`check_train`, and lr 1e-2 moves them far in one step).
+    """
+    summary, steps = check_train(model, out, device, "train-lora", *LORA)
+    precision = "bf16" if device == "cuda" else "fp32"
+    bound = SYNC_BOUNDS[(precision, device)]
+    worst = max(row["sync/logp_diff"] for row in steps)
+    if worst > bound:
+        raise AssertionError(f"sync/logp_diff {worst:.2e} above {bound:g}: vLLM is not sampling from the merged LoRA weights")
+    return f"rank 16, merged weights synced: {summary}"
 
 
 # ---------------------------------------------------------------------------
@@ -484,7 +522,8 @@ def run_checks(out: Path, device: str, only: tuple[str, ...] = CHECKS, print_fn:
         "sleep-wake": lambda: check_sleep_wake(model, device),
         "sync-fp32": lambda: check_sync(model, out, device, "fp32"),
         "sync-bf16": lambda: check_sync(model, out, device, "bf16"),
-        "train-3-steps": lambda: check_train(model, out, device),
+        "train-3-steps": lambda: check_train(model, out, device)[0],
+        "train-lora": lambda: check_lora(model, out, device),
         "rollout-throughput": lambda: check_rollout(model, out, device),
         "nccl-2-gpus": lambda: check_nccl(model, out, device),
         "reference-shape": lambda: check_reference_shape(model, out, device),

@@ -19,6 +19,7 @@ CPU_EXPECTED = {
     "sync-fp32": "PASS",
     "sync-bf16": "SKIP",
     "train-3-steps": "PASS",
+    "train-lora": "PASS",
     "rollout-throughput": "PASS",
     "nccl-2-gpus": "SKIP",
     "reference-shape": "SKIP",
@@ -42,7 +43,7 @@ def test_doctor_on_cpu_runs_the_cpu_checks_and_skips_the_gpu_ones(tmp_path):
         [line] = [line for line in lines if f"  {check['name']} " in line]
         assert line.startswith(check["status"]) and check["detail"] in line
     assert "GPU" in {c["name"]: c["detail"] for c in report["checks"]}["sleep-wake"]
-    assert "6 passed, 0 failed, 4 skipped" in done.stdout
+    assert "7 passed, 0 failed, 4 skipped" in done.stdout
 
 
 def test_a_failing_check_is_one_fail_line_and_the_next_check_still_runs(tmp_path, monkeypatch, smollm2_tokenizer):
