@@ -59,7 +59,13 @@ if [ "${AHARL_LOCAL_BASE:-0}" = 1 ]; then
   # A storage of its own: podman keeps every build step as an image (GBs of
   # them here); removing the whole store afterwards leaves nothing behind.
   store=${CONTAINERS_WORK:-/tmp/containers-work}/aharl-check-store
+  # A store left by a check that was killed (its cleanup never ran) holds GBs of build steps: start empty.
+  rm -rf "$store"
   mkdir -p "$store"
+  # The image build keeps GBs of build steps (the torch and vLLM layers): say a full disk now, not mid-build.
+  free_gb=$(df -Pk "$store" | awk 'NR == 2 { print int($4 / 1048576) }')
+  echo "free disk under $store: ${free_gb} GB"
+  [ "$free_gb" -ge 20 ] || { echo "docker/check.sh: needs 20 GB free under $store for the image build, has ${free_gb} GB (set CONTAINERS_WORK to a roomier disk)"; exit 1; }
   printf '[storage]\ndriver = "overlay"\ngraphroot = "%s/graph"\nrunroot = "%s/run"\n' "$store" "$store" > "$store/storage.conf"
   export CONTAINERS_STORAGE_CONF=$store/storage.conf
   "$shared/containers/make-local-base.sh" bookworm localhost/python:aharl-check python3,python3-venv
