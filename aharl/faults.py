@@ -16,7 +16,8 @@ restarted after a kill is not killed again at its own third call.
 
 Unarmed (the variable unset, as in every real run) a point costs one dict
 lookup. Actions: ``kill`` (SIGKILL this process, as the OOM killer does),
-``exit`` (``os._exit(1)``), ``raise`` (``OSError`` ENOSPC, as a full disk
+``term`` (SIGTERM to this process, as ``kill PID`` or a scheduler's
+preemption does; its handler runs and the call goes on), ``exit`` (``os._exit(1)``), ``raise`` (``OSError`` ENOSPC, as a full disk
 does), ``hang`` (sleep, as a deadlocked call does), and ``nan`` (:func:`reached` returns ``"nan"``; the caller poisons its
 value).
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 
 ENV = "AHARL_FAILPOINTS"
 MARK_DIR_ENV = "AHARL_FAILPOINT_DIR"
-ACTIONS = ("kill", "exit", "raise", "hang", "nan")
+ACTIONS = ("kill", "term", "exit", "raise", "hang", "nan")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ def reached(point: str) -> str | None:
 def _fire(fp: Failpoint, call: int) -> str | None:
     if fp.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if fp.action == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return None
     if fp.action == "exit":
         os._exit(1)
     if fp.action == "hang":  # a deadlocked engine or collective: nothing returns, nothing fails

@@ -197,6 +197,7 @@ class RunLifecycle:
         self.samples_log = SamplesLog(self.run_dir)
         self.skipped_steps = 0  # updates skipped for a non-finite loss or gradient norm, all runs of this directory
         self.skipped_in_a_row = 0
+        self.checkpointed_step: int | None = None  # the step of the last checkpoint this process wrote
 
     # -- before the actors start -------------------------------------------
 
@@ -266,7 +267,7 @@ class RunLifecycle:
         elif self.eval_prompts:
             self.metrics_log.write(0, eval_metrics(self.run_eval("before", updates=0)))
 
-    def after_step(self, step: int, metrics: dict[str, float], scored: Sequence[ScoredGroup], stop_requested: str | None) -> None:
+    def after_step(self, step: int, metrics: dict[str, float], scored: Sequence[ScoredGroup]) -> None:
         """Periodic evaluation, the step's logs and console line, and a checkpoint when one is due."""
         c = self.config
         if self.eval_prompts and c.eval.every_steps and step % c.eval.every_steps == 0 and step < self.total_steps:
@@ -287,8 +288,8 @@ class RunLifecycle:
         shown = step % c.logging.every_steps == 0 or step == self.total_steps
         line = format_step(step, self.total_steps, metrics) if shown else None
         self.progress.step_done(step, metrics["time/step"], metrics["reward/total"], line)
-        if step % c.checkpoint.every_steps == 0 or step == self.total_steps or stop_requested:
-            self.result.checkpoint = self.save_checkpoint(step)
+        if step % c.checkpoint.every_steps == 0 or step == self.total_steps:
+            self.save_checkpoint(step)
         if self.skipped_in_a_row >= c.learner.max_skipped_in_a_row:
             raise RunFault(
                 f"{self.skipped_in_a_row} updates in a row (steps {step - self.skipped_in_a_row + 1}-{step}) were skipped for a non-finite "
@@ -318,6 +319,14 @@ class RunLifecycle:
         return f"the last complete checkpoint is {last} (continue with: aharl train <config> resume=auto)"
 
     def stopped(self, step: int, signal_name: str, exit_code: int) -> RunResult:
+        """A stop after ``step``: that step's checkpoint (unless it has one already), then the result.
+
+        Decided here, after the step's bookkeeping, and not inside it: a signal
+        that lands while :meth:`after_step` runs (its console line already out)
+        still gets the checkpoint that ``resume=auto`` continues from.
+        """
+        if self.checkpointed_step != step:
+            self.save_checkpoint(step)
         self.result.stopped_by, self.result.exit_code = signal_name, exit_code
         self.progress.write(f"stopped by {signal_name} after step {step}; continue with: aharl train <config> resume=auto")
         return self.result
@@ -388,6 +397,7 @@ class RunLifecycle:
         except Exception as exc:  # a full disk or a failing write, here or in a learner rank (torch.save says RuntimeError)
             raise RunFault(f"could not write the step-{step} checkpoint ({write_failure(exc)}); it was discarded; {self.recovery_hint()}") from None
         self.progress.write(f"checkpoint: {path} ({time.perf_counter() - began:.1f}s)")
+        self.result.checkpoint, self.checkpointed_step = path, step
         return path
 
     def export_policy(self, directory: Path) -> Path:

@@ -239,7 +239,7 @@ def _train(config: Config, run: RunLifecycle, device: str, print_fn: Callable[[s
                     step, batch, cluster, rewards, config, tokenizer.pad_token_id, prefetched, upcoming, total_steps,
                     draw_prompts=lambda: [prompts[i] for i in sampler.next_batch()],
                 )
-                run.after_step(step, metrics, scored, stop.requested)
+                run.after_step(step, metrics, scored)
                 # The engine got the learner's weights before this step's generation:
                 # at the start (initial or resumed weights) or by the last step's sync.
                 gate.check(step, metrics["sync/logp_diff"], after_sync=step == start_step or (step - 1) % config.sync.interval_steps == 0)
