@@ -7,6 +7,7 @@ row that no longer proves anything, so the suite checks the names.
 from __future__ import annotations
 
 import re
+import os
 import subprocess
 import sys
 
@@ -26,9 +27,12 @@ def test_every_test_the_reliability_table_names_exists():
     files = sorted({name.split("::")[0] for name in names})
     missing_files = [f for f in files if not (REPO / f).is_file()]
     assert not missing_files, missing_files
+    # The ids are read from -q's one-id-a-line listing: options from the caller's
+    # PYTEST_ADDOPTS (-v, say) would change that listing, so they are left out.
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
     collected = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        capture_output=True, text=True, cwd=REPO, timeout=300, env=env,
     ).stdout.splitlines()
     ids = {line.strip() for line in collected}
     # A name without parameters stands for all of its parametrized cases.
