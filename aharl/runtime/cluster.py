@@ -150,7 +150,12 @@ class Cluster:
         # Seconds each start-up phase took (placement, rollout, learner, sync), for the "started" line:
         # on a GPU most of a run's first minutes go here, and this says where.
         self.startup: dict[str, float] = {}
-        clock = time.perf_counter()
+        clock = [time.perf_counter()]
+
+        def lap(phase: str) -> None:
+            now = time.perf_counter()
+            self.startup[phase], clock[0] = now - clock[0], now
+
         self.layout = plan_layout(config, device)
         self.topology = probe_gpus(config) if device == "cuda" else Topology()
         self.sync_choice = choose_sync(config, device, self.topology)
@@ -163,7 +168,7 @@ class Cluster:
             )
         nodes = bundle_nodes(self.pg)
         self.sync_choice = across_nodes(self.sync_choice, config, self.layout, nodes)
-        self.startup["placement"], clock = time.perf_counter() - clock, time.perf_counter()
+        lap("placement")
         # The rollout engines start first: on a shared GPU vLLM sizes its
         # KV cache from the free memory it sees.
         env = self.sync_choice.env
@@ -173,7 +178,7 @@ class Cluster:
         self._engine_env = [{**rollout_env(), **env, **shares.get(e, {})} for e in range(len(self.layout.rollouts))]
         self.rollouts = [self._start_engine(e) for e in range(len(self.layout.rollouts))]
         ray.get([rollout.parameter_checksum.remote() for rollout in self.rollouts])
-        self.startup["rollout"], clock = time.perf_counter() - clock, time.perf_counter()
+        lap("rollout")
         self.engine_restarts = 0
         # DeepSpeed's group meets at learner rank 0's node.
         learner_bundles = [slot.bundle_index for slot in self.layout.learners]
@@ -184,7 +189,7 @@ class Cluster:
             for rank, slot in enumerate(self.layout.learners)
         ]
         ray.get([learner.parameter_checksum.remote() for learner in self.learners])
-        self.startup["learner"], clock = time.perf_counter() - clock, time.perf_counter()
+        lap("learner")
         rollout_bundles = [slot.bundle_index for slot in self.layout.rollouts]
 
         def meet() -> tuple[str, int]:
@@ -194,7 +199,7 @@ class Cluster:
         self.sync = TRANSPORTS[self.sync_choice.method](
             self.learners, self.rollouts, run_id, config.sync.timeout_s, rollout_workers(config, device), meet
         )
-        self.startup["sync"] = time.perf_counter() - clock
+        lap("sync")
 
     @property
     def rollout(self):
