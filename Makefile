@@ -1,6 +1,7 @@
 # Two commands for a newcomer (Linux, Python >= 3.11, no GPU needed):
 #   make train   the CPU quickstart (SmolLM2-135M learns arithmetic, 10-15 min on 2 cores)
 #   make test    the test suite (about an hour on 2 cores)
+#   make test-fast  the tests that start no Ray, vLLM or DeepSpeed process (minutes): run it while changing code
 # Each creates .venv once with the exact tested versions (constraints/cpu.txt)
 # and reuses it: the stamp file below is rebuilt only when the pins change.
 
@@ -13,13 +14,17 @@ PINS := constraints/cpu.txt
 # on PATH for everything the targets start, Ray's head and job entrypoints too.
 ACTIVATE := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
-.PHONY: train test env clean-env
+.PHONY: train test test-fast env clean-env
 
 train: $(STAMP)
 	$(ACTIVATE) aharl train quickstart
 
 test: $(STAMP)
 	$(ACTIVATE) python -m pytest -q
+
+# Every test not marked slow: the loss math, batch layouts, config checks, rewards, bad inputs.
+test-fast: $(STAMP)
+	$(ACTIVATE) python -m pytest -q -m "not slow"
 
 env: $(STAMP)
 

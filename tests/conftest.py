@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+# Fixtures that start Ray, vLLM or DeepSpeed processes: a test that asks for
+# one is slow (it stays out of `make test-fast`) whether or not it says so.
+STARTS_PROCESSES = ("ray_local",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in STARTS_PROCESSES for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
