@@ -179,10 +179,13 @@ class Cluster:
         self.rollouts = [self._start_engine(e) for e in range(len(self.layout.rollouts))]
         # On CPU the KV budget is explicit bytes, not a share of free memory, so
         # the learners start beside the engines (their imports overlap: ~10 s).
-        engines_first = device == "cuda"
-        if engines_first:
+        def engines_ready() -> None:
             ray.get([rollout.parameter_checksum.remote() for rollout in self.rollouts])
             lap("rollout")
+
+        engines_first = device == "cuda"
+        if engines_first:
+            engines_ready()
         self.engine_restarts = 0
         # DeepSpeed's group meets at learner rank 0's node.
         learner_bundles = [slot.bundle_index for slot in self.layout.learners]
@@ -193,8 +196,7 @@ class Cluster:
             for rank, slot in enumerate(self.layout.learners)
         ]
         if not engines_first:
-            ray.get([rollout.parameter_checksum.remote() for rollout in self.rollouts])
-            lap("rollout")
+            engines_ready()
         ray.get([learner.parameter_checksum.remote() for learner in self.learners])
         lap("learner")
         rollout_bundles = [slot.bundle_index for slot in self.layout.rollouts]
