@@ -19,8 +19,9 @@ ACTIVATE := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 train: $(STAMP)
 	$(ACTIVATE) aharl train quickstart
 
+# --durations: CI's log names the slowest tests, where the suite's budget goes.
 test: $(STAMP)
-	$(ACTIVATE) python -m pytest -q
+	$(ACTIVATE) python -m pytest -q --durations=30
 
 # Every test not marked slow: the loss math, batch layouts, config checks, rewards, bad inputs.
 test-fast: $(STAMP)
