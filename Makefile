@@ -1,6 +1,6 @@
 # Two commands for a newcomer (Linux, Python >= 3.11, no GPU needed):
 #   make train   the CPU quickstart (SmolLM2-135M learns arithmetic, 10-15 min on 2 cores)
-#   make test    the test suite (about an hour on 2 cores)
+#   make test    the test suite (about 30 minutes on 2 cores)
 #   make test-fast  the tests that start no Ray, vLLM or DeepSpeed process (minutes): run it while changing code
 # Each creates .venv once with the exact tested versions (constraints/cpu.txt)
 # and reuses it: the stamp file below is rebuilt only when the pins change.
