@@ -132,3 +132,39 @@ def test_a_cpu_engine_in_a_ray_actor_decodes_on_every_core_of_its_share(monkeypa
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")  # a user's own binding wins
     vllm_engine.use_every_core()
     assert threads == [] and os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0"
+
+
+def test_a_cpu_engine_compiles_nothing_at_its_first_generate(monkeypatch):
+    """vLLM's torch.compile'd sampler helpers cost seconds at their first call on CPU; they must run eagerly there.
+
+    vLLM decorates them when it is imported, before the engine starts: the
+    function here is decorated first too.
+    """
+    import torch
+
+    from aharl.rollout import vllm_engine
+
+    compiled: list[str] = []
+
+    def counting_backend(graph, example_inputs):
+        compiled.append("graph")
+        return graph.forward
+
+    def ranks(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return (x >= values).sum(-1)
+
+    logits, sampled = torch.randn(4, 16), torch.randn(4, 1)  # [tokens, vocab], [tokens, 1]
+    compiled_ranks = torch.compile(ranks, backend=counting_backend)
+    monkeypatch.delenv("TORCH_COMPILE_DISABLE", raising=False)
+    try:
+        vllm_engine.compile_nothing_on_cpu()
+        assert torch.equal(compiled_ranks(logits, sampled), ranks(logits, sampled))
+        assert compiled == [], "a torch.compile'd function was compiled in a CPU engine's process"
+
+        torch.compiler.set_stance("default")
+        monkeypatch.setenv("TORCH_COMPILE_DISABLE", "0")  # a user's own choice wins
+        vllm_engine.compile_nothing_on_cpu()
+        compiled_ranks(logits, sampled)
+        assert compiled == ["graph"]
+    finally:
+        torch.compiler.set_stance("default")
