@@ -54,7 +54,7 @@ def runs(tmp_path_factory, smollm2_tokenizer):
     for name, extra, failpoints in [
         ("nan", [], "learner.loss:nan@3,5"),
         ("learner_died", ["resume=auto"], "learner.train_step:kill@2"),
-        ("hung", ["resume=auto", "rollout.timeout_s=20"], "rollout.generate:hang@1"),
+        ("hung", ["resume=auto", "rollout.timeout_s=10"], "rollout.generate:hang@1"),
         ("finished", ["resume=auto"], ""),
     ]:
         log = root / f"{name}.log"
@@ -108,7 +108,7 @@ def test_a_hung_rollout_engine_ends_the_run_within_its_deadline(runs):
     assert hung["returncode"] == 3, hung["log"][-3000:]
     assert "Traceback" not in hung["log"] and not hung["orphans"]
     assert last_line(hung["log"]) == (
-        "aharl: error: step 5: rollout engine 0 did not return its generation within rollout.timeout_s=20s (a hung engine); raise "
+        "aharl: error: step 5: rollout engine 0 did not return its generation within rollout.timeout_s=10s (a hung engine); raise "
         "rollout.timeout_s if generation is really that slow; the last complete checkpoint is "
         f"{runs['run_dir'] / 'checkpoints' / checkpoint_name(4)} (continue with: aharl train <config> resume=auto)"
     )
