@@ -416,7 +416,12 @@ def dump_config(config: Config) -> str:
 
 
 def shipped_configs() -> dict[str, Path]:
-    """The configs installed with the package, by name (``quickstart`` -> ``.../aharl/configs/quickstart.yaml``)."""
+    """The configs installed with the package, by name (``quickstart`` -> ``.../aharl/configs/quickstart.yaml``).
+
+    They live in the checkout's top-level ``configs/``, where a user looks;
+    ``aharl/configs`` is a link to it, which an editable install reads through
+    and a wheel build copies in, so a name resolves from any directory.
+    """
     directory = Path(str(importlib.resources.files("aharl") / "configs"))
     return {p.stem: p for p in sorted(directory.glob("*.yaml"))}
 

@@ -28,7 +28,7 @@ FLOORS: list[set[str]] = [
     {"runtime"},
     {"trainer"},
     {"bench"},
-    {"cli"},
+    {"launch"},
 ]
 FLOOR_OF = {package: level for level, packages in enumerate(FLOORS) for package in packages}
 # Floors whose modules run inside actors or are pure computation: no Ray there.

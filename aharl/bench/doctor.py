@@ -388,7 +388,7 @@ def check_train(model: Path, out: Path, device: str, name: str = "train-3-steps"
     reward_file = out / "doctor_rewards.py"
     reward_file.write_text(SPREAD_REWARD)
     overrides = doctor_overrides(model, out, device, f"logging.run_name={name}", f"rewards.functions=[{reward_file}:vowel_share]", *extra)
-    command = [sys.executable, "-m", "aharl.cli.main", "train", "quickstart", *overrides]
+    command = [sys.executable, "-m", "aharl.launch.main", "train", "quickstart", *overrides]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1500)
     seconds = time.perf_counter() - started
@@ -447,7 +447,7 @@ def check_reference_shape(model: Path, out: Path, device: str) -> str:
 
 def train_and_summarise(model: Path, out: Path, device: str, overrides: tuple[str, ...]) -> str:
     """``aharl train quickstart`` on ``model`` with ``overrides``; the median step after the first, by phase."""
-    command = [sys.executable, "-m", "aharl.cli.main", "train", "quickstart", f"model.path={model}", f"placement.device={device}",
+    command = [sys.executable, "-m", "aharl.launch.main", "train", "quickstart", f"model.path={model}", f"placement.device={device}",
                f"logging.output_dir={out}", "logging.run_name=reference-shape", *overrides]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     started = time.perf_counter()

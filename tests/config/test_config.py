@@ -10,8 +10,8 @@ import yaml
 from aharl.config import COMMAND_LINE, Config, dump_config, load_config, shipped_configs
 from aharl.system_prompts import REFERENCE_SYSTEM_PROMPT
 from aharl.errors import ConfigError
-from aharl.cli.common import load_run_config
-from aharl.cli.main import main
+from aharl.launch.common import load_run_config
+from aharl.launch.main import main
 from tests.helpers.paths import CONFIGS
 
 REFERENCE_CONFIG = CONFIGS / "gsm8k-qwen2.5-0.5b-3090.yaml"
@@ -182,6 +182,10 @@ def test_shipped_configs_load_by_name_from_any_directory(tmp_path, monkeypatch, 
     assert load_config("quickstart.yaml") == load_config("configs/quickstart.yaml") == load_config("quickstart")
     assert main(["configs"]) == 0
     assert "quickstart" in capsys.readouterr().out
+    # The name resolves to the checkout's top-level configs/ (through the package's link to it).
+    assert shipped_configs()["quickstart"].resolve() == (CONFIGS / "quickstart.yaml").resolve()
+    assert main(["config", "show", "quickstart"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == load_config("quickstart").to_dict()
     with pytest.raises(ConfigError, match="quickstart"):  # the error lists what there is
         load_config("quickstrat")
 

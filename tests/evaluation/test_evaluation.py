@@ -98,7 +98,7 @@ def test_report_pairs_the_same_questions_and_escapes_model_output():
 
 
 def aharl_eval(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aharl.cli.main", "eval", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
+    return subprocess.run([sys.executable, "-m", "aharl.launch.main", "eval", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
 @pytest.mark.slow
@@ -117,7 +117,7 @@ def test_aharl_eval_on_the_gsm8k_test_file_with_hf_generate(tmp_path, smollm2_to
     saved = read_eval_file(out)
     assert saved["greedy"].records[0]["question"][:20] == "Janet’s ducks lay 16"
     assert saved["sampled"].summary["completions"] == 6
-    report = subprocess.run([sys.executable, "-m", "aharl.cli.main", "report", str(out), str(out), "--out", str(tmp_path / "rep")],
+    report = subprocess.run([sys.executable, "-m", "aharl.launch.main", "report", str(out), str(out), "--out", str(tmp_path / "rep")],
                             capture_output=True, text=True, cwd=REPO)
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "rep" / "report.html").read_text().count("Janet") == 1

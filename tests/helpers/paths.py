@@ -6,5 +6,5 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
-CONFIGS = REPO / "aharl" / "configs"
+CONFIGS = REPO / "configs"  # the shipped configs (aharl/configs links here)
 EMPTY_CONFIG = Path(__file__).resolve().parent / "empty.yaml"  # a valid config whose every setting comes from overrides

@@ -24,7 +24,7 @@ SHARED_MEMORY_PREFIXES = ("psm_", "sem.mp-", "aharl-")
 
 
 def aharl_train(*overrides: str) -> list[str]:
-    return [sys.executable, "-m", "aharl.cli.main", "train", str(EMPTY_CONFIG), *overrides]
+    return [sys.executable, "-m", "aharl.launch.main", "train", str(EMPTY_CONFIG), *overrides]
 
 
 def session_processes(session: int) -> list[str]:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from aharl.cli.main import main
+from aharl.launch.main import main
 from aharl.config import load_config
 from aharl.errors import AharlError
 from aharl.planning.memory import BUILTIN_SHAPES, GIB, model_shape, learner_parts, plan_memory, plan_with_fix
@@ -131,7 +131,7 @@ def test_plan_command_exits_2_with_one_line_and_the_fix_when_it_does_not_fit(cap
 
 
 def test_plan_command_defaults_to_24_gib_without_a_gpu(capsys, monkeypatch):
-    monkeypatch.setattr("aharl.cli.plan.local_gpu_gib", lambda: None)
+    monkeypatch.setattr("aharl.launch.plan.local_gpu_gib", lambda: None)
     assert main(["plan", REFERENCE_3090]) == 0
     assert "no GPU here: assuming 24 GiB" in capsys.readouterr().out
 

@@ -1,7 +1,7 @@
 """Bad inputs: each one ends the command in one line naming the problem and its fix, never a traceback.
 
 Every case in :data:`CASES` runs the ``aharl`` command in this process
-(``aharl.cli.main.main``) on a small input written under ``tmp_path`` and
+(``aharl.launch.main.main``) on a small input written under ``tmp_path`` and
 checks the exit code, that stderr is exactly one ``aharl: error:`` line
 naming the problem (the key, the file, the column), and that no traceback
 was printed anywhere. The commands fail before any Ray actor starts (config,
@@ -40,7 +40,7 @@ from typing import Any, Callable, Literal
 
 import pytest
 
-from aharl.cli.main import main
+from aharl.launch.main import main
 from aharl.config import Config, load_config
 from tests.helpers.paths import EMPTY_CONFIG, REPO
 

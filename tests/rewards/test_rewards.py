@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aharl.errors import ConfigError, RewardError
-from aharl.cli.main import main
+from aharl.launch.main import main
 from aharl.rewards import corrected, reference
 from aharl.rewards.registry import REWARD_SETS, resolve_reward_functions
 from aharl.rewards.scoring import score_completions

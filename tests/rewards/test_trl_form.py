@@ -207,7 +207,7 @@ def test_every_data_column_travels_with_the_prompt_and_the_answer_column_holds_t
 
 
 def test_cli_scores_trl_form_functions_with_prompts_and_columns(tmp_path, capsys):
-    from aharl.cli.main import main
+    from aharl.launch.main import main
 
     code = tmp_path / "unit_reward.py"
     code.write_text("def unit_ok(prompts, completions, unit, **kwargs):\n    return [1.0 if u in c[0]['content'] else None for c, u in zip(completions, unit)]\n")

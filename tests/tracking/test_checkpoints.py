@@ -118,7 +118,7 @@ def test_train_with_a_missing_resume_path_fails_in_one_line_before_starting(tmp_
     from tests.helpers.paths import REPO
 
     done = subprocess.run(
-        [sys.executable, "-m", "aharl.cli.main", "train", "configs/quickstart.yaml", f"resume={tmp_path / 'gone'}", f"logging.output_dir={tmp_path}"],
+        [sys.executable, "-m", "aharl.launch.main", "train", "configs/quickstart.yaml", f"resume={tmp_path / 'gone'}", f"logging.output_dir={tmp_path}"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert done.returncode == 2

@@ -207,7 +207,7 @@ def test_exported_policy_loads_in_transformers_and_in_vllm(runs):
     # 32 GSM8K questions x 4 seeded samples exceed vLLM-CPU's 4,096-token prefill budget: the case
     # that killed its engine ("CPU Generator does not use offset") while chunked prefill was on.
     done = subprocess.run(
-        [sys.executable, "-m", "aharl.cli.main", "eval", "--model", str(final), "--data", str(SHARED_GSM8K / "test.jsonl"),
+        [sys.executable, "-m", "aharl.launch.main", "eval", "--model", str(final), "--data", str(SHARED_GSM8K / "test.jsonl"),
          "--limit", "32", "--backend", "vllm", "--samples", "4", "--max-tokens", "6", "rollout.gpu_memory_utilization=0.05"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )

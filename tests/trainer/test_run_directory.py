@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from aharl.cli.main import main
+from aharl.launch.main import main
 from aharl.config import dump_config, load_config
 from aharl.errors import AharlError
 from aharl.tracking.checkpoints import STATE_FILE, TrainerState, checkpoint_name

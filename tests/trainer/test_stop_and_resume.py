@@ -40,7 +40,7 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp
         "learner.max_steps=40", "checkpoint.every_steps=100", "logging.wandb_mode=offline", "logging.plots=true",
         "eval.num_questions=8", "eval.report_questions=4",
     )
-    command = [sys.executable, "-m", "aharl.cli.main", "train", str(EMPTY_CONFIG), *overrides]
+    command = [sys.executable, "-m", "aharl.launch.main", "train", str(EMPTY_CONFIG), *overrides]
     env = {**os.environ, "WANDB_SILENT": "true"}
     run_dir = tmp_path / "runs" / "toy"
     # SIGTERM to the driver (as `kill PID` or a scheduler's preemption) inside step 2's

@@ -166,25 +166,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bench_layout(args: argparse.Namespace) -> int:
-    from aharl.cli.bench import bench_layout
+    from aharl.launch.bench import bench_layout
 
     return bench_layout(args)
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from aharl.cli.doctor import run_doctor_command
+    from aharl.launch.doctor import run_doctor_command
 
     return run_doctor_command(args)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from aharl.cli.evaluate import run_eval_command
+    from aharl.launch.evaluate import run_eval_command
 
     return run_eval_command(args)
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from aharl.cli.common import check_metrics_file
+    from aharl.launch.common import check_metrics_file
     from aharl.tracking.plots import plot_run
 
     check_metrics_file(Path(args.run_dir))
@@ -194,43 +194,43 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from aharl.cli.evaluate import run_report_command
+    from aharl.launch.evaluate import run_report_command
 
     return run_report_command(args)
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from aharl.cli.plan import run_plan
+    from aharl.launch.plan import run_plan
 
     return run_plan(args)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from aharl.cli.train import run_train
+    from aharl.launch.train import run_train
 
     return run_train(args)
 
 
 def _bench_rollout(args: argparse.Namespace) -> int:
-    from aharl.cli.bench import bench_rollout
+    from aharl.launch.bench import bench_rollout
 
     return bench_rollout(args)
 
 
 def _bench_step(args: argparse.Namespace) -> int:
-    from aharl.cli.bench import bench_step
+    from aharl.launch.bench import bench_step
 
     return bench_step(args)
 
 
 def _bench_scaling(args: argparse.Namespace) -> int:
-    from aharl.cli.bench import bench_scaling
+    from aharl.launch.bench import bench_scaling
 
     return bench_scaling(args)
 
 
 def _rewards_score(args: argparse.Namespace) -> int:
-    from aharl.cli.rewards import rewards_score
+    from aharl.launch.rewards import rewards_score
 
     return rewards_score(args)
 
@@ -247,7 +247,7 @@ def _configs(args: argparse.Namespace) -> int:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    from aharl.cli.common import load_run_config
+    from aharl.launch.common import load_run_config
     from aharl.config import dump_config
 
     print(dump_config(load_run_config(args.file, args.overrides)), end="")

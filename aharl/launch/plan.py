@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from aharl.cli.common import load_run_config
+from aharl.launch.common import load_run_config
 from aharl.errors import AharlError
 from aharl.planning.memory import DEFAULT_GPU_GIB, MemoryPlan, plan_with_fix, refusal
 

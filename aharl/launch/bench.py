@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from aharl.cli.common import load_run_config, out_dir
+from aharl.launch.common import load_run_config, out_dir
 from aharl.errors import AharlError, first_line
 
 

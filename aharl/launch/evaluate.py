@@ -76,7 +76,7 @@ def chunked(generate):
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from aharl.cli.common import load_run_config
+    from aharl.launch.common import load_run_config
     from aharl.data.prompts import build_prompts
     from aharl.data.sources import load_rows
     from aharl.modelhub import load_tokenizer

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def test_bench_rollout_leaves_no_process_shared_memory_or_warning(tmp_path, smollm2_tokenizer):
     model_dir, _ = toy_workspace(tmp_path, smollm2_tokenizer)
     command = [
-        sys.executable, "-m", "aharl.cli.main", "bench", "rollout", "--backends", "vllm,hf", "--shapes", "1x2",
+        sys.executable, "-m", "aharl.launch.main", "bench", "rollout", "--backends", "vllm,hf", "--shapes", "1x2",
         "--max-tokens", "4", "--repeats", "1", "--out", str(tmp_path / "bench"),
         f"model.path={model_dir}", "data.source=synthetic", "data.answer_extractor=plain", "data.system_prompt=''",
         "data.synthetic.num_examples=20", "rollout.gpu_memory_utilization=0.05",

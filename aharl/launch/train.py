@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from aharl.cli.common import load_run_config
+from aharl.launch.common import load_run_config
 
 
 def console_logging(verbose: bool) -> None:

@@ -31,7 +31,7 @@ def test_doctor_on_cpu_runs_the_cpu_checks_and_skips_the_gpu_ones(tmp_path):
     out = tmp_path / "doctor"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(
-        [sys.executable, "-m", "aharl.cli.main", "doctor", "--device", "cpu", "--out", str(out)],
+        [sys.executable, "-m", "aharl.launch.main", "doctor", "--device", "cpu", "--out", str(out)],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1500,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
