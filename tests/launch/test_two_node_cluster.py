@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.cli.test_ray_job_submit import RAY, _ray_env, _submit_when_the_agent_is_up
+from tests.launch.test_ray_job_submit import RAY, _ray_env, _submit_when_the_agent_is_up
 from tests.helpers.netns import netns_available, two_hosts
 from tests.helpers.paths import REPO
 from tests.helpers.toy import toy_workspace
