@@ -23,8 +23,8 @@ from typing import Any, Callable, Literal, Sequence, get_args, get_origin
 
 import yaml
 
-from aharl.system_prompts import REFERENCE_SYSTEM_PROMPT
 from aharl.errors import ConfigError
+from aharl.system_prompts import REFERENCE_SYSTEM_PROMPT
 
 DEFAULTS = "defaults"
 COMMAND_LINE = "command-line override"
@@ -347,7 +347,9 @@ ConfigCheck = Callable[[Config], None]
 log = logging.getLogger("aharl.config")
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), checks: Sequence[ConfigCheck] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), checks: Sequence[ConfigCheck] = ()
+) -> Config:
     """Read ``path`` (YAML), apply ``key.sub=value`` overrides, check and return the config."""
     tree: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -391,7 +393,12 @@ def _move_aliases(tree: dict[str, Any], sources: dict[str, str]) -> None:
         if name not in grpo or (sources.get(old) == COMMAND_LINE and sources.get(new) != COMMAND_LINE):
             grpo[name] = value
             sources[new] = sources.get(old, DEFAULTS)
-        log.warning("config: `%s` (in %s) is now `%s`; the old key still works but will be removed", old, sources.get(old, DEFAULTS), new)
+        log.warning(
+            "config: `%s` (in %s) is now `%s`; the old key still works but will be removed",
+            old,
+            sources.get(old, DEFAULTS),
+            new,
+        )
 
 
 class _ConfigDumper(yaml.SafeDumper):
@@ -433,14 +440,21 @@ def resolve_config_path(path: str | Path) -> Path:
         return local
     if local.is_dir():
         # A directory is no config; saying "does not exist" would send the user looking for a typo.
-        raise ConfigError("(file)", f"cannot be read: {path} is a directory", "pass the YAML file inside it, e.g. config.yaml", str(path))
+        raise ConfigError(
+            "(file)",
+            f"cannot be read: {path} is a directory",
+            "pass the YAML file inside it, e.g. config.yaml",
+            str(path),
+        )
     shipped = shipped_configs()
     name = local.name.removesuffix(".yaml") if local.parent in (Path("."), Path("configs")) else None
     if name in shipped:
         return shipped[name]
     raise ConfigError(
-        "(file)", f"cannot be read: {path} does not exist",
-        f"pass the path of a YAML config or a shipped config's name ({', '.join(shipped)}; `aharl configs` lists them)", str(path),
+        "(file)",
+        f"cannot be read: {path} does not exist",
+        f"pass the path of a YAML config or a shipped config's name ({', '.join(shipped)}; `aharl configs` lists them)",
+        str(path),
     )
 
 
@@ -475,15 +489,27 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         line = exc.object[: exc.start].count(b"\n") + 1
-        raise ConfigError("(file)", f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} on line {line})", "save the file as UTF-8", str(path)) from None
+        raise ConfigError(
+            "(file)",
+            f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} on line {line})",
+            "save the file as UTF-8",
+            str(path),
+        ) from None
     except OSError as exc:
-        raise ConfigError("(file)", f"cannot be read ({exc.strerror or type(exc).__name__})", "check the path and its permissions", str(path)) from None
+        raise ConfigError(
+            "(file)",
+            f"cannot be read ({exc.strerror or type(exc).__name__})",
+            "check the path and its permissions",
+            str(path),
+        ) from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except _DuplicateKey as exc:
         raise ConfigError(
-            exc.key, f"is given twice in one mapping (again at line {exc.line}); YAML would keep only the last",
-            "merge the two into one", str(path),
+            exc.key,
+            f"is given twice in one mapping (again at line {exc.line}); YAML would keep only the last",
+            "merge the two into one",
+            str(path),
         ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -494,7 +520,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError("(file)", "must hold a mapping of sections (model:, data:, ...)", "write the config as `section:` blocks", str(path))
+        raise ConfigError(
+            "(file)",
+            "must hold a mapping of sections (model:, data:, ...)",
+            "write the config as `section:` blocks",
+            str(path),
+        )
     return data
 
 
@@ -512,7 +543,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(item, "is not an override", "write overrides as section.key=value, e.g. rollout.n=8", COMMAND_LINE)
+        raise ConfigError(
+            item, "is not an override", "write overrides as section.key=value, e.g. rollout.n=8", COMMAND_LINE
+        )
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
@@ -548,7 +581,12 @@ def _source_of(key: str, sources: dict[str, str]) -> str:
 def _build(cls: type, raw: Any, prefix: str, sources: dict[str, str]) -> Any:
     section = prefix.rstrip(".") or "(top level)"
     if not isinstance(raw, dict):
-        raise ConfigError(section, f"must be a mapping of keys, got {raw!r}", f"write `{section}:` as a section with keys under it", _source_of(section, sources))
+        raise ConfigError(
+            section,
+            f"must be a mapping of keys, got {raw!r}",
+            f"write `{section}:` as a section with keys under it",
+            _source_of(section, sources),
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
@@ -591,7 +629,9 @@ def _coerce(value: Any, hint: Any, key: str, sources: dict[str, str]) -> Any:
         return [_coerce(v, args[0], f"{key}.{i}" if sections else key, sources) for i, v in enumerate(items)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(key, f"must be a list of {len(args)} numbers, got {value!r}", "write e.g. [0.9, 0.99]", source)
+            raise ConfigError(
+                key, f"must be a list of {len(args)} numbers, got {value!r}", "write e.g. [0.9, 0.99]", source
+            )
         return tuple(_coerce(v, a, key, sources) for v, a in zip(value, args))
     if origin is dict:
         if not isinstance(value, dict):
@@ -646,18 +686,62 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
             raise ConfigError(key, problem, fix, _source_of(key, sources))
 
     r, lr, d, g = c.rollout, c.learner, c.data, c.grpo
-    require(r.n >= 2, "rollout.n", f"= {r.n} is too small: GRPO compares completions within a group", "set rollout.n to 2 or more (the reference uses 16)")
-    require(r.temperature > 0, "rollout.temperature", f"= {r.temperature} must be above 0 (GRPO needs sampled, differing completions)", "set it to e.g. 0.9")
-    require(0 < r.top_p <= 1, "rollout.top_p", f"= {r.top_p} must be in (0, 1]", "set it to 1.0 to sample from the whole distribution")
+    require(
+        r.n >= 2,
+        "rollout.n",
+        f"= {r.n} is too small: GRPO compares completions within a group",
+        "set rollout.n to 2 or more (the reference uses 16)",
+    )
+    require(
+        r.temperature > 0,
+        "rollout.temperature",
+        f"= {r.temperature} must be above 0 (GRPO needs sampled, differing completions)",
+        "set it to e.g. 0.9",
+    )
+    require(
+        0 < r.top_p <= 1,
+        "rollout.top_p",
+        f"= {r.top_p} must be in (0, 1]",
+        "set it to 1.0 to sample from the whole distribution",
+    )
     require(r.max_tokens >= 1, "rollout.max_tokens", f"= {r.max_tokens} must be at least 1", "set it to e.g. 200")
-    require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", f"= {r.gpu_memory_utilization} must be in (0, 1]", "set it to e.g. 0.3")
+    require(
+        0 < r.gpu_memory_utilization <= 1,
+        "rollout.gpu_memory_utilization",
+        f"= {r.gpu_memory_utilization} must be in (0, 1]",
+        "set it to e.g. 0.3",
+    )
     require(lr.lr > 0, "learner.lr", f"= {lr.lr} must be positive", "set it to e.g. 5e-6")
-    require(all(0 <= b < 1 for b in lr.betas), "learner.betas", f"= {list(lr.betas)} must both be in [0, 1)", "use e.g. [0.9, 0.99]")
-    require(lr.weight_decay >= 0, "learner.weight_decay", f"= {lr.weight_decay} must not be negative", "set it to e.g. 0.1")
-    require(0 <= lr.warmup_ratio < 1, "learner.warmup_ratio", f"= {lr.warmup_ratio} must be in [0, 1)", "set it to e.g. 0.1")
-    require(lr.max_grad_norm > 0, "learner.max_grad_norm", f"= {lr.max_grad_norm} must be positive", "set it to e.g. 0.1 (or a large number to disable clipping)")
-    require(lr.prompts_per_step >= 1, "learner.prompts_per_step", f"= {lr.prompts_per_step} must be at least 1", "set it to e.g. 4")
-    require(lr.micro_batch_prompts >= 1, "learner.micro_batch_prompts", f"= {lr.micro_batch_prompts} must be at least 1", "set it to e.g. 1")
+    require(
+        all(0 <= b < 1 for b in lr.betas),
+        "learner.betas",
+        f"= {list(lr.betas)} must both be in [0, 1)",
+        "use e.g. [0.9, 0.99]",
+    )
+    require(
+        lr.weight_decay >= 0, "learner.weight_decay", f"= {lr.weight_decay} must not be negative", "set it to e.g. 0.1"
+    )
+    require(
+        0 <= lr.warmup_ratio < 1, "learner.warmup_ratio", f"= {lr.warmup_ratio} must be in [0, 1)", "set it to e.g. 0.1"
+    )
+    require(
+        lr.max_grad_norm > 0,
+        "learner.max_grad_norm",
+        f"= {lr.max_grad_norm} must be positive",
+        "set it to e.g. 0.1 (or a large number to disable clipping)",
+    )
+    require(
+        lr.prompts_per_step >= 1,
+        "learner.prompts_per_step",
+        f"= {lr.prompts_per_step} must be at least 1",
+        "set it to e.g. 4",
+    )
+    require(
+        lr.micro_batch_prompts >= 1,
+        "learner.micro_batch_prompts",
+        f"= {lr.micro_batch_prompts} must be at least 1",
+        "set it to e.g. 1",
+    )
     require(
         lr.prompts_per_step % lr.micro_batch_prompts == 0,
         "learner.micro_batch_prompts",
@@ -665,47 +749,152 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
         "choose a divisor of prompts_per_step so that every accumulation step is the same size",
     )
     require(lr.epochs >= 1, "learner.epochs", f"= {lr.epochs} must be at least 1", "set it to 1 or more")
-    require(lr.max_steps is None or lr.max_steps >= 1, "learner.max_steps", f"= {lr.max_steps} must be at least 1", "set it to a positive number, or null for whole epochs")
-    require(g.beta >= 0, "grpo.beta", f"= {g.beta} must not be negative", "set it to 0 (no KL) or e.g. 0.04")
-    require(g.rollout_correction_cap > 1, "grpo.rollout_correction_cap", f"= {g.rollout_correction_cap} must be above 1", "set it to e.g. 2.0")
-    require(g.clip_eps_low >= 0, "grpo.clip_eps_low", f"= {g.clip_eps_low} must not be negative", "set it to e.g. 0.2")
-    require(g.clip_eps_high >= 0, "grpo.clip_eps_high", f"= {g.clip_eps_high} must not be negative", "set it to e.g. 0.28")
-    require(g.clip_eps_low < 1, "grpo.clip_eps_low", f"= {g.clip_eps_low} must be below 1 (the ratio's lower bound is 1 - eps)", "set it to e.g. 0.2")
-    require(g.updates_per_batch >= 1, "grpo.updates_per_batch", f"= {g.updates_per_batch} must be at least 1", "set it to 1 (the reference)")
-    require(g.advantage_eps > 0, "grpo.advantage_eps", f"= {g.advantage_eps} must be positive (it keeps a zero-spread group finite)", "set it to e.g. 1e-4")
-    require(lr.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"= {lr.zero_stage} is not a ZeRO stage", "use 0, 1, 2 or 3")
-    lora = c.model.lora
-    require(lora.r >= 0, "model.lora.r", f"= {lora.r} must be 0 (full fine-tuning) or a positive rank", "set it to e.g. 16, or 0 to train every weight")
-    require(lora.alpha > 0, "model.lora.alpha", f"= {lora.alpha} must be positive", "set it to e.g. 32 (twice r is common)")
-    require(0 <= lora.dropout < 1, "model.lora.dropout", f"= {lora.dropout} must be in [0, 1)", "set it to 0.0")
-    require(bool(lora.target_modules), "model.lora.target_modules", "is empty: no layer would get an adapter", "list layer names, e.g. [q_proj, v_proj], or [all-linear]")
     require(
-        lora.r == 0 or lr.zero_stage <= 2, "learner.zero_stage",
+        lr.max_steps is None or lr.max_steps >= 1,
+        "learner.max_steps",
+        f"= {lr.max_steps} must be at least 1",
+        "set it to a positive number, or null for whole epochs",
+    )
+    require(g.beta >= 0, "grpo.beta", f"= {g.beta} must not be negative", "set it to 0 (no KL) or e.g. 0.04")
+    require(
+        g.rollout_correction_cap > 1,
+        "grpo.rollout_correction_cap",
+        f"= {g.rollout_correction_cap} must be above 1",
+        "set it to e.g. 2.0",
+    )
+    require(g.clip_eps_low >= 0, "grpo.clip_eps_low", f"= {g.clip_eps_low} must not be negative", "set it to e.g. 0.2")
+    require(
+        g.clip_eps_high >= 0, "grpo.clip_eps_high", f"= {g.clip_eps_high} must not be negative", "set it to e.g. 0.28"
+    )
+    require(
+        g.clip_eps_low < 1,
+        "grpo.clip_eps_low",
+        f"= {g.clip_eps_low} must be below 1 (the ratio's lower bound is 1 - eps)",
+        "set it to e.g. 0.2",
+    )
+    require(
+        g.updates_per_batch >= 1,
+        "grpo.updates_per_batch",
+        f"= {g.updates_per_batch} must be at least 1",
+        "set it to 1 (the reference)",
+    )
+    require(
+        g.advantage_eps > 0,
+        "grpo.advantage_eps",
+        f"= {g.advantage_eps} must be positive (it keeps a zero-spread group finite)",
+        "set it to e.g. 1e-4",
+    )
+    require(
+        lr.zero_stage in (0, 1, 2, 3),
+        "learner.zero_stage",
+        f"= {lr.zero_stage} is not a ZeRO stage",
+        "use 0, 1, 2 or 3",
+    )
+    lora = c.model.lora
+    require(
+        lora.r >= 0,
+        "model.lora.r",
+        f"= {lora.r} must be 0 (full fine-tuning) or a positive rank",
+        "set it to e.g. 16, or 0 to train every weight",
+    )
+    require(
+        lora.alpha > 0, "model.lora.alpha", f"= {lora.alpha} must be positive", "set it to e.g. 32 (twice r is common)"
+    )
+    require(0 <= lora.dropout < 1, "model.lora.dropout", f"= {lora.dropout} must be in [0, 1)", "set it to 0.0")
+    require(
+        bool(lora.target_modules),
+        "model.lora.target_modules",
+        "is empty: no layer would get an adapter",
+        "list layer names, e.g. [q_proj, v_proj], or [all-linear]",
+    )
+    require(
+        lora.r == 0 or lr.zero_stage <= 2,
+        "learner.zero_stage",
         f"= {lr.zero_stage} partitions the frozen base weights, which model.lora keeps whole on every rank (its optimizer state is already small)",
         "use learner.zero_stage=2 with model.lora, or model.lora.r=0",
     )
     require(r.timeout_s > 0, "rollout.timeout_s", f"= {r.timeout_s} must be positive", "set it to e.g. 3600")
     require(lr.timeout_s > 0, "learner.timeout_s", f"= {lr.timeout_s} must be positive", "set it to e.g. 3600")
-    require(lr.max_skipped_in_a_row >= 1, "learner.max_skipped_in_a_row", f"= {lr.max_skipped_in_a_row} must be at least 1", "set it to e.g. 3")
-    require(lr.logprob_chunk_rows >= 1, "learner.logprob_chunk_rows", f"= {lr.logprob_chunk_rows} must be at least 1", "set it to e.g. 1024")
+    require(
+        lr.max_skipped_in_a_row >= 1,
+        "learner.max_skipped_in_a_row",
+        f"= {lr.max_skipped_in_a_row} must be at least 1",
+        "set it to e.g. 3",
+    )
+    require(
+        lr.logprob_chunk_rows >= 1,
+        "learner.logprob_chunk_rows",
+        f"= {lr.logprob_chunk_rows} must be at least 1",
+        "set it to e.g. 1024",
+    )
     budget = lr.max_tokens_per_micro_batch
-    require(budget is None or budget >= 16, "learner.max_tokens_per_micro_batch", f"= {budget} must be at least 16 (or null)", "set it to e.g. 4096, or null for micro_batch_prompts groups")
+    require(
+        budget is None or budget >= 16,
+        "learner.max_tokens_per_micro_batch",
+        f"= {budget} must be at least 16 (or null)",
+        "set it to e.g. 4096, or null for micro_batch_prompts groups",
+    )
     for i, demo in enumerate(d.demonstrations):
-        require(bool(demo.question.strip() and demo.response.strip()), f"data.demonstrations.{i}", "needs both a question and a response",
-                "write each as {question: ..., response: ...}")
-    require(d.max_prompt_tokens >= 1, "data.max_prompt_tokens", f"= {d.max_prompt_tokens} must be at least 1", "set it to e.g. 256")
+        require(
+            bool(demo.question.strip() and demo.response.strip()),
+            f"data.demonstrations.{i}",
+            "needs both a question and a response",
+            "write each as {question: ..., response: ...}",
+        )
+    require(
+        d.max_prompt_tokens >= 1,
+        "data.max_prompt_tokens",
+        f"= {d.max_prompt_tokens} must be at least 1",
+        "set it to e.g. 256",
+    )
     require(bool(d.source.strip()), "data.source", "is empty", "give a hub id, a local file, or `synthetic`")
     s = d.synthetic
-    require(s.num_examples >= 1, "data.synthetic.num_examples", f"= {s.num_examples} must be at least 1", "set it to e.g. 2000")
-    require(1 <= s.difficulty <= 8, "data.synthetic.difficulty", f"= {s.difficulty} must be between 1 and 8", "set it to e.g. 2")
-    require(s.max_operand >= 2, "data.synthetic.max_operand", f"= {s.max_operand} must be at least 2", "set it to e.g. 20")
-    require(c.rewards.num_workers >= 1, "rewards.num_workers", f"= {c.rewards.num_workers} must be at least 1", "set it to e.g. 2")
-    require(c.rewards.timeout_s > 0, "rewards.timeout_s", f"= {c.rewards.timeout_s} must be positive", "set it to e.g. 30")
-    require(bool(c.rewards.functions), "rewards.functions", "is empty: nothing would score completions", "list at least one, e.g. [reference]")
+    require(
+        s.num_examples >= 1,
+        "data.synthetic.num_examples",
+        f"= {s.num_examples} must be at least 1",
+        "set it to e.g. 2000",
+    )
+    require(
+        1 <= s.difficulty <= 8,
+        "data.synthetic.difficulty",
+        f"= {s.difficulty} must be between 1 and 8",
+        "set it to e.g. 2",
+    )
+    require(
+        s.max_operand >= 2, "data.synthetic.max_operand", f"= {s.max_operand} must be at least 2", "set it to e.g. 20"
+    )
+    require(
+        c.rewards.num_workers >= 1,
+        "rewards.num_workers",
+        f"= {c.rewards.num_workers} must be at least 1",
+        "set it to e.g. 2",
+    )
+    require(
+        c.rewards.timeout_s > 0, "rewards.timeout_s", f"= {c.rewards.timeout_s} must be positive", "set it to e.g. 30"
+    )
+    require(
+        bool(c.rewards.functions),
+        "rewards.functions",
+        "is empty: nothing would score completions",
+        "list at least one, e.g. [reference]",
+    )
     p = c.placement
-    require(p.gpu_memory_gib is None or p.gpu_memory_gib > 0, "placement.gpu_memory_gib", f"= {p.gpu_memory_gib} must be positive (or null)", "set it to e.g. 24, or null for the local GPU's")
-    require(p.learner_gpus >= 1, "placement.learner_gpus", f"= {p.learner_gpus} must be at least 1", "set it to 1 or more")
-    require(p.layout == "colocate" or p.rollout_gpus >= 1, "placement.rollout_gpus", f"= {p.rollout_gpus} must be at least 1 in the separate layout", "set it to 1 or more, or use placement.layout=colocate")
+    require(
+        p.gpu_memory_gib is None or p.gpu_memory_gib > 0,
+        "placement.gpu_memory_gib",
+        f"= {p.gpu_memory_gib} must be positive (or null)",
+        "set it to e.g. 24, or null for the local GPU's",
+    )
+    require(
+        p.learner_gpus >= 1, "placement.learner_gpus", f"= {p.learner_gpus} must be at least 1", "set it to 1 or more"
+    )
+    require(
+        p.layout == "colocate" or p.rollout_gpus >= 1,
+        "placement.rollout_gpus",
+        f"= {p.rollout_gpus} must be at least 1 in the separate layout",
+        "set it to 1 or more, or use placement.layout=colocate",
+    )
     require(
         c.grad_accum_steps % p.learner_gpus == 0,
         "placement.learner_gpus",
@@ -717,55 +906,148 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
     # layout (nccl as a gloo collective, cuda_ipc as its shared-memory twin).
     on_gpu = p.device != "cpu"
     require(
-        not (on_gpu and method == "nccl" and layout == "colocate"), "sync.method",
+        not (on_gpu and method == "nccl" and layout == "colocate"),
+        "sync.method",
         "= nccl cannot pair the learner and vLLM on one GPU (NCCL needs one process per device)",
         "use sync.method=auto (CUDA IPC when colocated) or placement.layout=separate",
     )
     require(
-        not (on_gpu and method == "cuda_ipc" and layout == "separate"), "sync.method",
+        not (on_gpu and method == "cuda_ipc" and layout == "separate"),
+        "sync.method",
         "= cuda_ipc maps memory of the same GPU, but placement.layout=separate puts vLLM on other GPUs",
         "use sync.method=auto (NCCL when separate) or placement.layout=colocate",
     )
     require(
-        not (r.backend == "hf" and method in ("nccl", "cuda_ipc")), "sync.method",
+        not (r.backend == "hf" and method in ("nccl", "cuda_ipc")),
+        "sync.method",
         f"= {method} is not implemented for rollout.backend=hf (it takes weights through shared-memory files)",
         "use sync.method=auto or shm with the hf backend, or rollout.backend=vllm",
     )
     require(
-        p.layout == "separate" or p.rollout_gpus <= 1, "placement.rollout_gpus",
+        p.layout == "separate" or p.rollout_gpus <= 1,
+        "placement.rollout_gpus",
         f"= {p.rollout_gpus} applies to the separate layout only (colocated vLLM shares learner rank 0's GPU)",
         "use placement.layout=separate for a tensor-parallel rollout engine, or leave rollout_gpus at 1",
     )
     require(r.num_engines >= 1, "rollout.num_engines", f"= {r.num_engines} must be at least 1", "set it to 1 or more")
     require(
-        r.num_engines <= c.learner.prompts_per_step, "rollout.num_engines",
+        r.num_engines <= c.learner.prompts_per_step,
+        "rollout.num_engines",
         f"= {r.num_engines} is more engines than the {c.learner.prompts_per_step} prompts of a step",
         "lower rollout.num_engines or raise learner.prompts_per_step",
     )
     for name, resources in (("learner_resources", p.learner_resources), ("rollout_resources", p.rollout_resources)):
-        bad = [k for k, v in resources.items() if k in ("CPU", "GPU", "memory") or not isinstance(v, (int, float)) or v <= 0]
-        require(not bad, f"placement.{name}", f"has {bad[0] if bad else ''!r}: it takes custom resource names with positive amounts",
-                "name resources your nodes advertise with `ray start --resources`, e.g. {learner_node: 0.01}")
+        bad = [
+            k
+            for k, v in resources.items()
+            if k in ("CPU", "GPU", "memory") or not isinstance(v, (int, float)) or v <= 0
+        ]
+        require(
+            not bad,
+            f"placement.{name}",
+            f"has {bad[0] if bad else ''!r}: it takes custom resource names with positive amounts",
+            "name resources your nodes advertise with `ray start --resources`, e.g. {learner_node: 0.01}",
+        )
     if r.overlap == "one_step":
-        require(c.placement.layout == "separate", "rollout.overlap", "= one_step needs rollout engines on devices of their own", "set placement.layout=separate, or rollout.overlap=off")
-        require(g.rollout_correction != "none", "rollout.overlap", "= one_step samples with weights one update old, which the loss must correct for", "set grpo.rollout_correction=tis (or mis)")
-        require(c.sync.interval_steps == 1, "rollout.overlap", "= one_step already lags the sampler by one update", "set sync.interval_steps=1")
-        require(g.dynamic_sampling_max_rounds == 0, "grpo.dynamic_sampling_max_rounds", "> 0 draws the step's prompts only once its first groups are scored, which a one-step-off rollout samples a step early", "set it to 0, or rollout.overlap=off")
-    require(g.dynamic_sampling_max_rounds >= 0, "grpo.dynamic_sampling_max_rounds", f"= {g.dynamic_sampling_max_rounds} must be 0 (off) or more", "set it to e.g. 3")
-    require(c.sync.interval_steps >= 1, "sync.interval_steps", f"= {c.sync.interval_steps} must be at least 1", "set it to 1 to sync after every update")
+        require(
+            c.placement.layout == "separate",
+            "rollout.overlap",
+            "= one_step needs rollout engines on devices of their own",
+            "set placement.layout=separate, or rollout.overlap=off",
+        )
+        require(
+            g.rollout_correction != "none",
+            "rollout.overlap",
+            "= one_step samples with weights one update old, which the loss must correct for",
+            "set grpo.rollout_correction=tis (or mis)",
+        )
+        require(
+            c.sync.interval_steps == 1,
+            "rollout.overlap",
+            "= one_step already lags the sampler by one update",
+            "set sync.interval_steps=1",
+        )
+        require(
+            g.dynamic_sampling_max_rounds == 0,
+            "grpo.dynamic_sampling_max_rounds",
+            "> 0 draws the step's prompts only once its first groups are scored, which a one-step-off rollout samples a step early",
+            "set it to 0, or rollout.overlap=off",
+        )
+    require(
+        g.dynamic_sampling_max_rounds >= 0,
+        "grpo.dynamic_sampling_max_rounds",
+        f"= {g.dynamic_sampling_max_rounds} must be 0 (off) or more",
+        "set it to e.g. 3",
+    )
+    require(
+        c.sync.interval_steps >= 1,
+        "sync.interval_steps",
+        f"= {c.sync.interval_steps} must be at least 1",
+        "set it to 1 to sync after every update",
+    )
     require(c.sync.bucket_mb >= 1, "sync.bucket_mb", f"= {c.sync.bucket_mb} must be at least 1", "set it to e.g. 512")
     require(c.sync.timeout_s > 0, "sync.timeout_s", f"= {c.sync.timeout_s} must be positive", "set it to e.g. 600")
-    require(c.sync.mismatch_steps >= 1, "sync.mismatch_steps", f"= {c.sync.mismatch_steps} must be at least 1", "set it to e.g. 3")
-    require(c.sync.logp_diff_warn > 0, "sync.logp_diff_warn", f"= {c.sync.logp_diff_warn} must be positive", "set it to e.g. 0.05")
-    require(c.logging.every_steps >= 1, "logging.every_steps", f"= {c.logging.every_steps} must be at least 1", "set it to 1")
-    require(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", f"= {c.checkpoint.every_steps} must be at least 1", "set it to e.g. 100")
-    require(c.checkpoint.keep_last >= 1, "checkpoint.keep_last", f"= {c.checkpoint.keep_last} must be at least 1", "set it to e.g. 3")
-    require(c.logging.samples_per_step >= 0, "logging.samples_per_step", f"= {c.logging.samples_per_step} must not be negative", "set it to e.g. 2")
+    require(
+        c.sync.mismatch_steps >= 1,
+        "sync.mismatch_steps",
+        f"= {c.sync.mismatch_steps} must be at least 1",
+        "set it to e.g. 3",
+    )
+    require(
+        c.sync.logp_diff_warn > 0,
+        "sync.logp_diff_warn",
+        f"= {c.sync.logp_diff_warn} must be positive",
+        "set it to e.g. 0.05",
+    )
+    require(
+        c.logging.every_steps >= 1,
+        "logging.every_steps",
+        f"= {c.logging.every_steps} must be at least 1",
+        "set it to 1",
+    )
+    require(
+        c.checkpoint.every_steps >= 1,
+        "checkpoint.every_steps",
+        f"= {c.checkpoint.every_steps} must be at least 1",
+        "set it to e.g. 100",
+    )
+    require(
+        c.checkpoint.keep_last >= 1,
+        "checkpoint.keep_last",
+        f"= {c.checkpoint.keep_last} must be at least 1",
+        "set it to e.g. 3",
+    )
+    require(
+        c.logging.samples_per_step >= 0,
+        "logging.samples_per_step",
+        f"= {c.logging.samples_per_step} must not be negative",
+        "set it to e.g. 2",
+    )
     e = c.eval
-    require(e.every_steps >= 0, "eval.every_steps", f"= {e.every_steps} must not be negative", "set it to 0 (before and after only) or e.g. 50")
-    require(e.num_questions >= 0, "eval.num_questions", f"= {e.num_questions} must not be negative", "set it to 0 (no evaluation) or e.g. 64")
-    require(e.report_questions >= 0, "eval.report_questions", f"= {e.report_questions} must not be negative", "set it to e.g. 16")
-    require(e.source is None or bool(e.source.strip()), "eval.source", "is empty", "give a hub id or a local file, or null to hold out training prompts")
+    require(
+        e.every_steps >= 0,
+        "eval.every_steps",
+        f"= {e.every_steps} must not be negative",
+        "set it to 0 (before and after only) or e.g. 50",
+    )
+    require(
+        e.num_questions >= 0,
+        "eval.num_questions",
+        f"= {e.num_questions} must not be negative",
+        "set it to 0 (no evaluation) or e.g. 64",
+    )
+    require(
+        e.report_questions >= 0,
+        "eval.report_questions",
+        f"= {e.report_questions} must not be negative",
+        "set it to e.g. 16",
+    )
+    require(
+        e.source is None or bool(e.source.strip()),
+        "eval.source",
+        "is empty",
+        "give a hub id or a local file, or null to hold out training prompts",
+    )
 
 
 def _plain(value: Any) -> Any:

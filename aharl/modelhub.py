@@ -59,7 +59,9 @@ def check_model_directory(local: Path, shown: str) -> None:
         config = json.loads(config_file.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-        raise AharlError(f"model path {shown}: config.json is damaged ({reason}); copy the model directory again") from None
+        raise AharlError(
+            f"model path {shown}: config.json is damaged ({reason}); copy the model directory again"
+        ) from None
     if not isinstance(config, dict):
         raise AharlError(f"model path {shown}: config.json is not a JSON object; copy the model directory again")
     if not any(next(local.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
@@ -90,7 +92,8 @@ def tokenizer_from(directory: str, shown: str | None = None):
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
         fix = (
-            "its tokenizer files may be damaged; copy the directory again" if local.is_dir()
+            "its tokenizer files may be damaged; copy the directory again"
+            if local.is_dir()
             else f"without network use a local directory or model.path={SMOLLM2_ALIAS}"
         )
         raise AharlError(f"cannot load the tokenizer of {shown or directory!r} ({reason}); {fix}") from None

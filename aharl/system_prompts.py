@@ -3,12 +3,5 @@
 # The reference recipe's system message (docs/reference-recipe.md): it begins and
 # ends with a newline, and the rule rewards check exactly these tags.
 REFERENCE_SYSTEM_PROMPT = (
-    "\n"
-    "Respond in the following format:\n"
-    "<reasoning>\n"
-    "...\n"
-    "</reasoning>\n"
-    "<answer>\n"
-    "...\n"
-    "</answer>\n"
+    "\nRespond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
 )

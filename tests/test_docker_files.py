@@ -18,7 +18,7 @@ DOCKERFILES = [REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu
 def _runtime_stage(path) -> str:
     """The text of the last stage: what a user's container actually is."""
     text = path.read_text()
-    return text[text.rindex("\nFROM "):]
+    return text[text.rindex("\nFROM ") :]
 
 
 def test_images_take_a_base_argument_install_no_dev_extras_and_run_as_a_user():
@@ -59,15 +59,34 @@ def test_compose_exposes_the_head_on_loopback_only_with_token_auth():
 
 
 def test_build_context_leaves_out_venv_runs_git_and_caches():
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
     def ignored(path: str) -> bool:
         parts = path.split("/")
-        return any(fnmatch.fnmatch("/".join(parts[: i + 1]), p.removeprefix("**/")) or fnmatch.fnmatch(parts[i], p.removeprefix("**/"))
-                   for p in patterns for i in range(len(parts)))
+        return any(
+            fnmatch.fnmatch("/".join(parts[: i + 1]), p.removeprefix("**/"))
+            or fnmatch.fnmatch(parts[i], p.removeprefix("**/"))
+            for p in patterns
+            for i in range(len(parts))
+        )
 
-    for path in [".venv/bin/python", "runs/x/metrics.jsonl", ".git/HEAD", "aharl/__pycache__/x.pyc", ".pytest_cache/v", "wandb/run"]:
+    for path in [
+        ".venv/bin/python",
+        "runs/x/metrics.jsonl",
+        ".git/HEAD",
+        "aharl/__pycache__/x.pyc",
+        ".pytest_cache/v",
+        "wandb/run",
+    ]:
         assert ignored(path), f"{path} would go into the build context"
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    needed = [p for p in tracked if p.startswith("aharl/") or p in ("pyproject.toml", "README.md", "constraints/cpu.txt", "constraints/gpu.txt")]
+    needed = [
+        p
+        for p in tracked
+        if p.startswith("aharl/") or p in ("pyproject.toml", "README.md", "constraints/cpu.txt", "constraints/gpu.txt")
+    ]
     assert needed and not [p for p in needed if ignored(p)], "the context loses files the images install"

@@ -57,7 +57,11 @@ def imports_of(path: Path) -> list[str]:
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append(node.module)
-            found += [f"{node.module}.{alias.name}" for alias in node.names if (PACKAGE / node.module.replace("aharl.", "").replace(".", "/") / alias.name).is_dir()]
+            found += [
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if (PACKAGE / node.module.replace("aharl.", "").replace(".", "/") / alias.name).is_dir()
+            ]
     return found
 
 
@@ -83,10 +87,14 @@ def test_imports_point_down(path):
             continue  # the base modules build on each other (config -> system_prompts, device -> config)
         if FLOOR_OF[other] >= FLOOR_OF[own]:
             upward.append(f"{target} (floor {FLOOR_OF[other]}: {other or 'base'})")
-    assert not upward, f"{module_name(path)} (floor {FLOOR_OF[own]}: {own or 'base'}) imports from its floor or above: {upward}"
+    assert not upward, (
+        f"{module_name(path)} (floor {FLOOR_OF[own]}: {own or 'base'}) imports from its floor or above: {upward}"
+    )
 
 
-@pytest.mark.parametrize("path", [p for p in SOURCES if package_of(module_name(p)) in RAY_FREE], ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize(
+    "path", [p for p in SOURCES if package_of(module_name(p)) in RAY_FREE], ids=lambda p: str(p.relative_to(REPO))
+)
 def test_actor_bodies_and_math_know_nothing_of_ray(path):
     assert not [t for t in imports_of(path) if t == "ray" or t.startswith("ray.")]
 

@@ -57,8 +57,19 @@ from aharl.errors import AharlError
 # bf16: one rounding of the weights and activations on either side; 2.08e-2
 # measured on an H200 (doctor's random model, CUDA IPC sync; 3.02 stale).
 SYNC_BOUNDS = {("fp32", "cpu"): 1e-4, ("fp32", "cuda"): 2e-3, ("bf16", "cuda"): 5e-2}
-CHECKS = ("learner-zero2", "learner-zero3", "ipc-round-trip", "sleep-wake", "sync-fp32", "sync-bf16", "train-3-steps", "train-lora",
-          "rollout-throughput", "nccl-2-gpus", "reference-shape")
+CHECKS = (
+    "learner-zero2",
+    "learner-zero3",
+    "ipc-round-trip",
+    "sleep-wake",
+    "sync-fp32",
+    "sync-bf16",
+    "train-3-steps",
+    "train-lora",
+    "rollout-throughput",
+    "nccl-2-gpus",
+    "reference-shape",
+)
 
 
 @dataclass
@@ -85,8 +96,14 @@ def save_random_qwen2(directory: Path, tokenizer: Any, **shape: Any) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **shape,
+    )
     Qwen2ForCausalLM(config).to(config.dtype or torch.float32).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -106,8 +123,13 @@ def build_doctor_model(directory: Path, device: str, tokenizer_source: str | Non
     tokenizer = tokenizer_from(tokenizer_source) if tokenizer_source else load_tokenizer(SMOLLM2_ALIAS)
     wide = device == "cuda"
     return save_random_qwen2(
-        directory, tokenizer, hidden_size=512 if wide else 128, intermediate_size=1408 if wide else 256,
-        num_hidden_layers=4 if wide else 2, num_attention_heads=8 if wide else 2, num_key_value_heads=2 if wide else 1,
+        directory,
+        tokenizer,
+        hidden_size=512 if wide else 128,
+        intermediate_size=1408 if wide else 256,
+        num_hidden_layers=4 if wide else 2,
+        num_attention_heads=8 if wide else 2,
+        num_key_value_heads=2 if wide else 1,
         max_position_embeddings=1024,
     )
 
@@ -124,8 +146,16 @@ def build_reference_shape_model(directory: Path, tokenizer_directory: Path) -> P
     if (directory / "config.json").is_file():
         return directory
     return save_random_qwen2(
-        directory, tokenizer_from(str(tokenizer_directory)), hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+        directory,
+        tokenizer_from(str(tokenizer_directory)),
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
         dtype="bfloat16",
     )
 
@@ -133,11 +163,20 @@ def build_reference_shape_model(directory: Path, tokenizer_directory: Path) -> P
 def doctor_overrides(model: Path, out: Path, device: str, *extra: str) -> list[str]:
     """A small run of the quickstart on the doctor's model (its synthetic arithmetic task, short completions)."""
     return [
-        f"model.path={model}", f"placement.device={device}", "rollout.max_tokens=16", "rollout.n=4",
-        "learner.prompts_per_step=2", "learner.micro_batch_prompts=1", "learner.max_steps=3",
+        f"model.path={model}",
+        f"placement.device={device}",
+        "rollout.max_tokens=16",
+        "rollout.n=4",
+        "learner.prompts_per_step=2",
+        "learner.micro_batch_prompts=1",
+        "learner.max_steps=3",
         "rollout.gpu_memory_utilization=0.3" if device == "cuda" else "rollout.gpu_memory_utilization=0.05",
-        "eval.num_questions=0", "eval.every_steps=0", "checkpoint.every_steps=1000", "logging.wandb_mode=off",
-        f"logging.output_dir={out}", *extra,
+        "eval.num_questions=0",
+        "eval.every_steps=0",
+        "checkpoint.every_steps=1000",
+        "logging.wandb_mode=off",
+        f"logging.output_dir={out}",
+        *extra,
     ]
 
 
@@ -153,9 +192,20 @@ def learner_probe(model: str, zero_stage: int, device: str, port: int) -> dict[s
     from aharl.learner.learner import Learner
     from aharl.types import Completion, Prompt, RolloutGroup, ScoredGroup
 
-    config = load_config(None, [f"model.path={model}", f"learner.zero_stage={zero_stage}", f"placement.device={device}",
-                                "learner.prompts_per_step=2", "learner.micro_batch_prompts=2", "rollout.n=4", "grpo.beta=0.04", "learner.lr=1e-3",
-                                "learner.warmup_ratio=0"])  # a warm-up would make the only step's learning rate 0
+    config = load_config(
+        None,
+        [
+            f"model.path={model}",
+            f"learner.zero_stage={zero_stage}",
+            f"placement.device={device}",
+            "learner.prompts_per_step=2",
+            "learner.micro_batch_prompts=2",
+            "rollout.n=4",
+            "grpo.beta=0.04",
+            "learner.lr=1e-3",
+            "learner.warmup_ratio=0",
+        ],
+    )  # a warm-up would make the only step's learning rate 0
     learner = Learner(config, total_steps=1, master_port=port)
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(10, 1000, (12,), generator=generator).tolist() for _ in range(2)]
@@ -167,16 +217,26 @@ def learner_probe(model: str, zero_stage: int, device: str, port: int) -> dict[s
     scored = []
     for g, (prompt, group) in enumerate(zip(prompts, completions)):
         rollouts = [Completion(c, "", "length", own[g * 4 + i]) for i, c in enumerate(group)]
-        scored.append(ScoredGroup(RolloutGroup(Prompt(g, "", "", "", prompt), rollouts), {"r": totals[g * 4 : g * 4 + 4]}, totals[g * 4 : g * 4 + 4]))
+        scored.append(
+            ScoredGroup(
+                RolloutGroup(Prompt(g, "", "", "", prompt), rollouts),
+                {"r": totals[g * 4 : g * 4 + 4]},
+                totals[g * 4 : g * 4 + 4],
+            )
+        )
     batches = build_micro_batches(scored, group_advantages(torch.tensor(totals), 4), 2, 0)
     before = learner.parameter_checksum()
     metrics = learner.train_step(batches, num_sequences=8, num_tokens=float(sum(len(c) for c in flat_completions)))
     after = learner.parameter_checksum()
     gathered = {name: list(t.shape) for name, t in learner.named_weights()}
     meta = {name: shape for name, _, shape in learner.weight_meta()}
-    result = {"loss": metrics["loss"], "moved": abs(after - before), "meta_matches": meta == gathered,
-              "placeholders": sum(1 for _, p in learner.engine.module.named_parameters() if p.numel() == 0),
-              "dtype": str(next(learner.engine.module.parameters()).dtype)}
+    result = {
+        "loss": metrics["loss"],
+        "moved": abs(after - before),
+        "meta_matches": meta == gathered,
+        "placeholders": sum(1 for _, p in learner.engine.module.named_parameters() if p.numel() == 0),
+        "dtype": str(next(learner.engine.module.parameters()).dtype),
+    }
     torch.distributed.destroy_process_group()
     return result
 
@@ -184,7 +244,16 @@ def learner_probe(model: str, zero_stage: int, device: str, port: int) -> dict[s
 def check_learner(zero_stage: int, model: Path, device: str) -> str:
     from aharl.runtime.rendezvous import free_port
 
-    command = [sys.executable, "-m", "aharl.bench.doctor", "learner-probe", str(model), str(zero_stage), device, str(free_port())]
+    command = [
+        sys.executable,
+        "-m",
+        "aharl.bench.doctor",
+        "learner-probe",
+        str(model),
+        str(zero_stage),
+        device,
+        str(free_port()),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise AssertionError(_last_line(done.stderr))
@@ -203,14 +272,19 @@ def check_learner(zero_stage: int, model: Path, device: str) -> str:
 
 
 def _digest(tensors: list[tuple[str, torch.Tensor]]) -> list[str]:
-    return [hashlib.sha256(t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes()).hexdigest() for _, t in tensors]
+    return [
+        hashlib.sha256(t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+        for _, t in tensors
+    ]
 
 
 def _ipc_receiver(bucket: dict[str, Any], device: str, queue: Any) -> None:
     from aharl.sync import cuda_ipc
 
     try:
-        queue.put(("ok", _digest(list(cuda_ipc.receive(bucket, torch.device(device if device == "cpu" else "cuda:0"))))))
+        queue.put(
+            ("ok", _digest(list(cuda_ipc.receive(bucket, torch.device(device if device == "cpu" else "cuda:0")))))
+        )
     except Exception as exc:
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -221,8 +295,11 @@ def check_ipc(device: str, workdir: Path) -> str:
     from aharl.sync import cuda_ipc
 
     generator = torch.Generator().manual_seed(1)
-    tensors = [("a.weight", torch.randn(64, 32, generator=generator)), ("b.bias", torch.randn(7, generator=generator).to(torch.bfloat16)),
-               ("c.weight", torch.randint(0, 100, (3, 5), generator=generator))]
+    tensors = [
+        ("a.weight", torch.randn(64, 32, generator=generator)),
+        ("b.bias", torch.randn(7, generator=generator).to(torch.bfloat16)),
+        ("c.weight", torch.randint(0, 100, (3, 5), generator=generator)),
+    ]
     tensors = [(n, t.to(device)) for n, t in tensors]
     buffer, handle = cuda_ipc.send(tensors, str(workdir))
     try:
@@ -270,7 +347,12 @@ def check_sleep_wake(model: Path, device: str) -> str:
     if device != "cuda":
         raise Skip("needs a GPU (vLLM's sleep mode frees GPU memory)")
     # Its own process, so the engine's memory is gone before the next check starts one.
-    done = subprocess.run([sys.executable, "-m", "aharl.bench.doctor", "sleep-wake-probe", str(model)], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "aharl.bench.doctor", "sleep-wake-probe", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if done.returncode != 0:
         raise AssertionError(_last_line(done.stderr))
     m = json.loads(done.stdout.strip().splitlines()[-1])
@@ -296,13 +378,22 @@ def sync_gap(model: Path, out: Path, device: str, precision: str, *extra: str) -
     from aharl.modelhub import load_tokenizer
     from aharl.rollout.engine import SamplingSettings
     from aharl.runtime.cluster import Cluster
+    from aharl.runtime.ray_session import connect_ray
     from aharl.types import ScoredGroup
 
-    from aharl.runtime.ray_session import connect_ray
-
     connect_ray(stream_actor_logs=False)
-    config = load_config("quickstart", doctor_overrides(model, out, device, f"learner.precision={precision}", f"model.dtype={'bfloat16' if precision == 'bf16' else 'float32'}",
-                                                        "learner.lr=5e-2", *extra))
+    config = load_config(
+        "quickstart",
+        doctor_overrides(
+            model,
+            out,
+            device,
+            f"learner.precision={precision}",
+            f"model.dtype={'bfloat16' if precision == 'bf16' else 'float32'}",
+            "learner.lr=5e-2",
+            *extra,
+        ),
+    )
     tokenizer = load_tokenizer(str(model))
     prompts, _ = build_prompts(load_rows(config.data), tokenizer, config.data)
     prompt_ids = [p.token_ids for p in prompts[:2]]
@@ -312,9 +403,14 @@ def sync_gap(model: Path, out: Path, device: str, precision: str, *extra: str) -
         completion_ids = [c.token_ids for g in groups for c in g.completions][: len(prompt_ids)]
         totals = [float(i % 2) for i in range(2 * config.rollout.n)]
         n = config.rollout.n
-        scored = [ScoredGroup(g, {"r": totals[i * n : (i + 1) * n]}, totals[i * n : (i + 1) * n]) for i, g in enumerate(groups)]
+        scored = [
+            ScoredGroup(g, {"r": totals[i * n : (i + 1) * n]}, totals[i * n : (i + 1) * n])
+            for i, g in enumerate(groups)
+        ]
         batches = build_micro_batches(scored, group_advantages(torch.tensor(totals), n), 1, tokenizer.pad_token_id)
-        cluster.train_step(batches, num_sequences=len(totals), num_tokens=float(sum(b.completion_mask.sum().item() for b in batches)))
+        cluster.train_step(
+            batches, num_sequences=len(totals), num_tokens=float(sum(b.completion_mask.sum().item() for b in batches))
+        )
 
         def gap() -> float:
             a = cluster.learner_logprobs(prompt_ids, completion_ids)
@@ -335,10 +431,14 @@ def check_sync(model: Path, out: Path, device: str, precision: str) -> str:
     stale, after, method = sync_gap(model, out, device, precision)
     bound = SYNC_BOUNDS[(precision, device)]
     if after > bound:
-        raise AssertionError(f"{method}: max |learner - vLLM| log-prob {after:.2e} after the sync, above {bound:g} (before it: {stale:.2e})")
+        raise AssertionError(
+            f"{method}: max |learner - vLLM| log-prob {after:.2e} after the sync, above {bound:g} (before it: {stale:.2e})"
+        )
     if stale <= bound:
         raise AssertionError(f"the update moved log-probs by only {stale:.2e}: the check cannot tell a sync from none")
-    return f"{method}: max |learner - vLLM| log-prob {after:.2e} after the sync (bound {bound:g}; {stale:.2e} before it)"
+    return (
+        f"{method}: max |learner - vLLM| log-prob {after:.2e} after the sync (bound {bound:g}; {stale:.2e} before it)"
+    )
 
 
 def check_nccl(model: Path, out: Path, device: str) -> str:
@@ -371,10 +471,10 @@ def processes_tagged(tag: str) -> list[str]:
 # A random model never earns the quickstart's rewards (every completion scores 0, so every
 # advantage is 0 and no update moves a weight). The train checks score the share of vowels
 # instead: it differs between any two completions, so each step has a gradient to apply.
-SPREAD_REWARD = '''
+SPREAD_REWARD = """
 def vowel_share(completions, answers):
     return [sum(ch in "aeiou" for ch in text) / max(1, len(text)) for text in completions]
-'''
+"""
 
 
 def check_train(model: Path, out: Path, device: str, name: str = "train-3-steps", *extra: str) -> tuple[str, float]:
@@ -387,7 +487,9 @@ def check_train(model: Path, out: Path, device: str, name: str = "train-3-steps"
     env.pop("RAY_ADDRESS", None)  # its own local Ray, stopped with it
     reward_file = out / "doctor_rewards.py"
     reward_file.write_text(SPREAD_REWARD)
-    overrides = doctor_overrides(model, out, device, f"logging.run_name={name}", f"rewards.functions=[{reward_file}:vowel_share]", *extra)
+    overrides = doctor_overrides(
+        model, out, device, f"logging.run_name={name}", f"rewards.functions=[{reward_file}:vowel_share]", *extra
+    )
     command = [sys.executable, "-m", "aharl.launch.main", "train", "quickstart", *overrides]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1500)
@@ -401,7 +503,9 @@ def check_train(model: Path, out: Path, device: str, name: str = "train-3-steps"
         raise AssertionError(f"logged steps {[row['step'] for row in steps]}, not [1, 2, 3]")
     still = [row["step"] for row in steps if not row["grad_norm"] > 0]
     if still:
-        raise AssertionError(f"step {still[0]} had no gradient (grad_norm {steps[still[0] - 1]['grad_norm']}): the weights did not move")
+        raise AssertionError(
+            f"step {still[0]} had no gradient (grad_norm {steps[still[0] - 1]['grad_norm']}): the weights did not move"
+        )
     time.sleep(2)
     left = processes_tagged(tag)
     if left:
@@ -425,30 +529,57 @@ def check_lora(model: Path, out: Path, device: str) -> str:
     summary, worst = check_train(model, out, device, "train-lora", *LORA)
     bound = SYNC_BOUNDS[("bf16" if device == "cuda" else "fp32", device)]
     if worst > bound:
-        raise AssertionError(f"sync/logp_diff {worst:.2e} above {bound:g}: vLLM is not sampling from the merged LoRA weights")
+        raise AssertionError(
+            f"sync/logp_diff {worst:.2e} above {bound:g}: vLLM is not sampling from the merged LoRA weights"
+        )
     return f"rank 16, merged weights synced: {summary}"
 
 
 # ---------------------------------------------------------------------------
 # reference-shape (GPU)
 
-REFERENCE_SHAPE = ("rollout.n=16", "rollout.max_tokens=200", "rollout.temperature=0.9", "learner.prompts_per_step=4",
-                   "learner.micro_batch_prompts=1", "learner.gradient_checkpointing=true", "learner.zero_stage=2",
-                   "learner.precision=bf16", "model.dtype=bfloat16", "grpo.beta=0.04", "rollout.gpu_memory_utilization=0.3",
-                   "learner.max_steps=5", "eval.num_questions=0", "eval.every_steps=0", "checkpoint.every_steps=1000",
-                   "logging.wandb_mode=off")
+REFERENCE_SHAPE = (
+    "rollout.n=16",
+    "rollout.max_tokens=200",
+    "rollout.temperature=0.9",
+    "learner.prompts_per_step=4",
+    "learner.micro_batch_prompts=1",
+    "learner.gradient_checkpointing=true",
+    "learner.zero_stage=2",
+    "learner.precision=bf16",
+    "model.dtype=bfloat16",
+    "grpo.beta=0.04",
+    "rollout.gpu_memory_utilization=0.3",
+    "learner.max_steps=5",
+    "eval.num_questions=0",
+    "eval.every_steps=0",
+    "checkpoint.every_steps=1000",
+    "logging.wandb_mode=off",
+)
 
 
 def check_reference_shape(model: Path, out: Path, device: str) -> str:
     if device != "cuda":
         raise Skip("needs a GPU (the reference shape takes most of an hour on CPU)")
-    return train_and_summarise(build_reference_shape_model(out / "model-qwen2.5-0.5b-shape", model), out, device, REFERENCE_SHAPE)
+    return train_and_summarise(
+        build_reference_shape_model(out / "model-qwen2.5-0.5b-shape", model), out, device, REFERENCE_SHAPE
+    )
 
 
 def train_and_summarise(model: Path, out: Path, device: str, overrides: tuple[str, ...]) -> str:
     """``aharl train quickstart`` on ``model`` with ``overrides``; the median step after the first, by phase."""
-    command = [sys.executable, "-m", "aharl.launch.main", "train", "quickstart", f"model.path={model}", f"placement.device={device}",
-               f"logging.output_dir={out}", "logging.run_name=reference-shape", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "aharl.launch.main",
+        "train",
+        "quickstart",
+        f"model.path={model}",
+        f"placement.device={device}",
+        f"logging.output_dir={out}",
+        "logging.run_name=reference-shape",
+        *overrides,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1500)
@@ -467,10 +598,12 @@ def train_and_summarise(model: Path, out: Path, device: str, overrides: tuple[st
 
     peak = max(row.get("memory/learner_peak_gib", float("nan")) for row in steps)
     worst = max(row["sync/logp_diff"] for row in steps)
-    return (f"{len(steps) + 1} steps in {seconds:.0f}s; median step {median('time/step'):.2f}s = generate {median('time/generate'):.2f}"
-            f" + reward {median('time/reward'):.2f} + reference {median('time/reference'):.2f} + update {median('time/train'):.2f}"
-            f" + sync {median('time/sync'):.2f}; completions {median('completion/length'):.0f} tokens; learner peak {peak:.2f} GiB;"
-            f" sync/logp_diff <= {worst:.1e}")
+    return (
+        f"{len(steps) + 1} steps in {seconds:.0f}s; median step {median('time/step'):.2f}s = generate {median('time/generate'):.2f}"
+        f" + reward {median('time/reward'):.2f} + reference {median('time/reference'):.2f} + update {median('time/train'):.2f}"
+        f" + sync {median('time/sync'):.2f}; completions {median('completion/length'):.0f} tokens; learner peak {peak:.2f} GiB;"
+        f" sync/logp_diff <= {worst:.1e}"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -487,7 +620,14 @@ def check_rollout(model: Path, out: Path, device: str) -> str:
     config = load_config("quickstart", doctor_overrides(model, out, device))
     prompts, _ = build_prompts(load_rows(config.data), load_tokenizer(str(model)), config.data)
     shape = Shape(8, 8) if device == "cuda" else Shape(2, 4)
-    requests = plan_requests(prompts, [shape], max_tokens=64 if device == "cuda" else 16, repeats=3 if device == "cuda" else 1, seed=0, ignore_eos=True)
+    requests = plan_requests(
+        prompts,
+        [shape],
+        max_tokens=64 if device == "cuda" else 16,
+        repeats=3 if device == "cuda" else 1,
+        seed=0,
+        ignore_eos=True,
+    )
     results = [r for backend in ("vllm", "hf") for r in run_backend(backend, config, device, requests, timeout_s=900)]
     rows = summarise(results)
     ratio = ratios(rows)[str(shape)]
@@ -504,8 +644,13 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
-def run_checks(out: Path, device: str, only: tuple[str, ...] = CHECKS, print_fn: Callable[[str], None] = print,
-               tokenizer_source: str | None = None) -> list[CheckResult]:
+def run_checks(
+    out: Path,
+    device: str,
+    only: tuple[str, ...] = CHECKS,
+    print_fn: Callable[[str], None] = print,
+    tokenizer_source: str | None = None,
+) -> list[CheckResult]:
     """Run the chosen checks in the order given, print a line for each, never raise for a failed check.
 
     ``doctor.json`` is rewritten after every check, so a run cut short (a
@@ -537,13 +682,19 @@ def run_checks(out: Path, device: str, only: tuple[str, ...] = CHECKS, print_fn:
         except Skip as skip:
             result = CheckResult(name, "SKIP", str(skip))
         except Exception as exc:  # a failed check is a FAIL line, and the next check still runs
-            detail = str(exc) if isinstance(exc, (AssertionError, AharlError)) and str(exc) else f"{type(exc).__name__}: {exc}"
+            detail = (
+                str(exc)
+                if isinstance(exc, (AssertionError, AharlError)) and str(exc)
+                else f"{type(exc).__name__}: {exc}"
+            )
             (out / f"{name}.error.txt").write_text(traceback.format_exc())
             result = CheckResult(name, "FAIL", detail.splitlines()[0][:300] if detail else type(exc).__name__)
         result.seconds = time.perf_counter() - started
         print_fn(result.line())
         results.append(result)
-        (out / "doctor.json").write_text(json.dumps({"device": device, "versions": versions(), "checks": [asdict(r) for r in results]}, indent=2))
+        (out / "doctor.json").write_text(
+            json.dumps({"device": device, "versions": versions(), "checks": [asdict(r) for r in results]}, indent=2)
+        )
     return results
 
 

@@ -42,12 +42,18 @@ def synthetic_group(prompt_tokens: int, completions: int, max_tokens: int, seed:
     """A group as a policy near the reference run samples it: half the completions run to ``max_tokens``, half stop earlier."""
     rng = random.Random(seed)
     ids = lambda n: [rng.randrange(1000, 30000) for _ in range(n)]  # noqa: E731
-    lengths = [max_tokens if i % 2 else rng.randint(max(1, int(0.6 * max_tokens)), max_tokens) for i in range(completions)]
-    group = RolloutGroup(Prompt(0, "", "", "", ids(prompt_tokens)), [Completion(ids(n), "", "stop", [0.0] * n) for n in lengths])
+    lengths = [
+        max_tokens if i % 2 else rng.randint(max(1, int(0.6 * max_tokens)), max_tokens) for i in range(completions)
+    ]
+    group = RolloutGroup(
+        Prompt(0, "", "", "", ids(prompt_tokens)), [Completion(ids(n), "", "stop", [0.0] * n) for n in lengths]
+    )
     return ScoredGroup(group, {}, [0.0] * completions)
 
 
-def time_layout(model: torch.nn.Module, group: ScoredGroup, label: str, packing: str, budget: int | None, chunk_rows: int) -> LayoutTiming:
+def time_layout(
+    model: torch.nn.Module, group: ScoredGroup, label: str, packing: str, budget: int | None, chunk_rows: int
+) -> LayoutTiming:
     """Seconds for the policy's forward+backward and a no-grad forward over the group's micro-batches."""
     from aharl.learner.forward import completion_logprobs
 
@@ -64,7 +70,9 @@ def time_layout(model: torch.nn.Module, group: ScoredGroup, label: str, packing:
         for mb in micro_batches:
             completion_logprobs(model, mb, chunk_rows)
     forward = time.perf_counter() - started
-    return LayoutTiming(label, len(micro_batches), sum(mb.input_ids.numel() for mb in micro_batches), forward_backward, forward)
+    return LayoutTiming(
+        label, len(micro_batches), sum(mb.input_ids.numel() for mb in micro_batches), forward_backward, forward
+    )
 
 
 def run_layouts(model: torch.nn.Module, group: ScoredGroup, chunk_rows: int) -> list[LayoutTiming]:
@@ -81,5 +89,7 @@ def markdown(timings: list[LayoutTiming]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for t in timings:
-        lines.append(f"| {t.label} | {t.micro_batches} | {t.positions} | {t.forward_backward_s:.1f} | {t.forward_s:.1f} | {base / t.forward_backward_s:.2f}x |")
+        lines.append(
+            f"| {t.label} | {t.micro_batches} | {t.positions} | {t.forward_backward_s:.1f} | {t.forward_s:.1f} | {base / t.forward_backward_s:.2f}x |"
+        )
     return "\n".join(lines) + "\n"

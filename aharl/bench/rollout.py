@@ -74,13 +74,27 @@ def plan_requests(
     Sampling is temperature 1, top_p 1 (the raw model distribution), and each
     repeat takes the next prompts and its own seed, so no run is a replay.
     """
-    requests = [Request(shapes[0], -1, tuple(prompts[: shapes[0].prompts]), SamplingSettings(shapes[0].n, 1.0, 1.0, max_tokens, seed, ignore_eos))]
+    requests = [
+        Request(
+            shapes[0],
+            -1,
+            tuple(prompts[: shapes[0].prompts]),
+            SamplingSettings(shapes[0].n, 1.0, 1.0, max_tokens, seed, ignore_eos),
+        )
+    ]
     cursor = 0
     for shape in shapes:
         for repeat in range(repeats):
             chosen = tuple(prompts[(cursor + i) % len(prompts)] for i in range(shape.prompts))
             cursor += shape.prompts
-            requests.append(Request(shape, repeat, chosen, SamplingSettings(shape.n, 1.0, 1.0, max_tokens, seed + 1 + repeat, ignore_eos)))
+            requests.append(
+                Request(
+                    shape,
+                    repeat,
+                    chosen,
+                    SamplingSettings(shape.n, 1.0, 1.0, max_tokens, seed + 1 + repeat, ignore_eos),
+                )
+            )
     return requests
 
 
@@ -101,8 +115,17 @@ def run_requests(backend: str, engine, requests: Sequence[Request], eos_id: int 
         tokens = count_completion_tokens(groups, eos_id, request.settings.ignore_eos)
         sequences = sum(len(g.completions) for g in groups)
         results.append(
-            RunResult(backend, str(request.shape), request.repeat, seconds, sequences, tokens,
-                      tokens / seconds, sequences / seconds, seconds / len(groups))
+            RunResult(
+                backend,
+                str(request.shape),
+                request.repeat,
+                seconds,
+                sequences,
+                tokens,
+                tokens / seconds,
+                sequences / seconds,
+                seconds / len(groups),
+            )
         )
     return results
 
@@ -174,7 +197,9 @@ class PeakMemory:
             self._stop.wait(0.1)
 
 
-def run_backend(backend: str, config: Config, device: str, requests: list[Request], timeout_s: float = 3600) -> list[RunResult]:
+def run_backend(
+    backend: str, config: Config, device: str, requests: list[Request], timeout_s: float = 3600
+) -> list[RunResult]:
     """Run one backend in a fresh process; peak memory is that process tree's (or the GPU's)."""
     context = mp.get_context("spawn")
     queue = context.Queue()
@@ -215,7 +240,9 @@ def _reap(process) -> None:
 def summarise(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """Median and min-max per backend and shape."""
     rows = []
-    keys = sorted({(r.backend, r.shape) for r in results}, key=lambda k: (Shape.parse(k[1]).prompts * Shape.parse(k[1]).n, k[0]))
+    keys = sorted(
+        {(r.backend, r.shape) for r in results}, key=lambda k: (Shape.parse(k[1]).prompts * Shape.parse(k[1]).n, k[0])
+    )
     for backend, shape in keys:
         runs = [r for r in results if r.backend == backend and r.shape == shape]
         tps = [r.tokens_per_s for r in runs]
@@ -240,7 +267,11 @@ def summarise(results: Sequence[RunResult]) -> list[dict[str, Any]]:
 def ratios(rows: Sequence[dict[str, Any]], numerator: str = "vllm", denominator: str = "hf") -> dict[str, float]:
     """Median tokens/s of ``numerator`` over ``denominator``, per shape measured by both."""
     by = {(r["backend"], r["shape"]): r["tokens_per_s"] for r in rows}
-    return {shape: by[(numerator, shape)] / by[(denominator, shape)] for (b, shape) in by if b == numerator and (denominator, shape) in by}
+    return {
+        shape: by[(numerator, shape)] / by[(denominator, shape)]
+        for (b, shape) in by
+        if b == numerator and (denominator, shape) in by
+    }
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], ratio: dict[str, float]) -> str:
@@ -272,7 +303,9 @@ def plot(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
         ax.plot(xs, [r["tokens_per_s"] for r in mine], marker="o", label=backend)
         ax.fill_between(xs, [r["tokens_per_s_min"] for r in mine], [r["tokens_per_s_max"] for r in mine], alpha=0.2)
         for r in mine:
-            ax.annotate(r["shape"], (r["sequences"], r["tokens_per_s"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                r["shape"], (r["sequences"], r["tokens_per_s"]), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequences per call (prompts x completions)")
     ax.set_ylabel("completion tokens / s (median, min-max band)")
@@ -316,7 +349,11 @@ def environment(config: Config, device: str, args: Any) -> dict[str, Any]:
         vllm_version = vllm.__version__
     except ImportError:
         vllm_version = None
-    name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}"
+    name = (
+        torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}"
+    )
     return {
         "date": datetime.date.today().isoformat(),
         "model": config.model.path,
@@ -355,7 +392,9 @@ def weight_bytes(config: Config, device: str) -> int:
     return sum(p.numel() for p in model.parameters()) * rollout_dtype(config, device).itemsize
 
 
-def roofline_share(rows: Sequence[dict[str, Any]], config: Config, device: str, bandwidth_gbs: float | None) -> dict[str, Any] | None:
+def roofline_share(
+    rows: Sequence[dict[str, Any]], config: Config, device: str, bandwidth_gbs: float | None
+) -> dict[str, Any] | None:
     """Achieved decode steps/s over ``bandwidth / weight bytes``, the bound when every step reads all weights.
 
     A decode step emits one token for each running sequence, so achieved
@@ -372,9 +411,7 @@ def roofline_share(rows: Sequence[dict[str, Any]], config: Config, device: str, 
         return None
     per_step = weight_bytes(config, device)
     bound = bandwidth_gbs * 1e9 / per_step  # decode steps / s
-    shares = {
-        f"{r['backend']} {r['shape']}": (r["tokens_per_s"] / r["sequences"]) / bound for r in rows
-    }
+    shares = {f"{r['backend']} {r['shape']}": (r["tokens_per_s"] / r["sequences"]) / bound for r in rows}
     return {"bandwidth_gbs": bandwidth_gbs, "weight_bytes": per_step, "bound_steps_per_s": bound, "share": shares}
 
 

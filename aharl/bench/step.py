@@ -17,10 +17,10 @@ from typing import Any
 from aharl.config import Config
 from aharl.data.prompts import build_prompts, chat_messages
 from aharl.data.sources import load_rows
+from aharl.device import resolve_device, training_dtype
 from aharl.modelhub import load_tokenizer, resolve_model_path
 from aharl.rewards.calling import convention
 from aharl.rewards.registry import resolve_reward_functions
-from aharl.device import resolve_device, training_dtype
 from aharl.tracking.metrics import PHASES
 
 TRL_HF = "TRL GRPOTrainer"
@@ -36,8 +36,13 @@ def aharl_steps(config: Config, steps: int) -> list[dict[str, float]]:
     config.learner.max_steps = steps
     history = train(config, print_fn=lambda line: print(f"  aharl {line}", flush=True)).history
     return [
-        {"step": m["time/step"], **{p: m.get(f"time/{p}", 0.0) for p in PHASES},
-         "completion_tokens": m["completion/tokens"], "prompt_tokens": m["prompt/tokens"], "completion_length": m["completion/length"]}
+        {
+            "step": m["time/step"],
+            **{p: m.get(f"time/{p}", 0.0) for p in PHASES},
+            "completion_tokens": m["completion/tokens"],
+            "prompt_tokens": m["prompt/tokens"],
+            "completion_length": m["completion/length"],
+        }
         for m in history
     ]
 
@@ -66,7 +71,14 @@ def trl_steps(config: Config, steps: int, vllm: bool = False) -> list[dict[str, 
     prompts, _ = build_prompts(load_rows(config.data), tokenizer, config.data)
     # Every column, the answer column holding the gold answer, as aharl's rewards receive them.
     dataset = Dataset.from_list(
-        [{**p.columns, "prompt": chat_messages(p.question, config.data.system_prompt, config.data.demonstrations), "answer": p.answer} for p in prompts]
+        [
+            {
+                **p.columns,
+                "prompt": chat_messages(p.question, config.data.system_prompt, config.data.demonstrations),
+                "answer": p.answer,
+            }
+            for p in prompts
+        ]
     )
     functions = resolve_reward_functions(config.rewards.functions)
     lc, rc, g = config.learner, config.rollout, config.grpo
@@ -102,9 +114,15 @@ def trl_steps(config: Config, steps: int, vllm: bool = False) -> list[dict[str, 
         bf16=training_dtype(config, device) == torch.bfloat16,
         seed=lc.seed,
         use_vllm=vllm,
-        **(dict(vllm_mode="colocate", vllm_gpu_memory_utilization=config.rollout.gpu_memory_utilization) if vllm else {}),
+        **(
+            dict(vllm_mode="colocate", vllm_gpu_memory_utilization=config.rollout.gpu_memory_utilization)
+            if vllm
+            else {}
+        ),
     )
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.model.path), dtype=training_dtype(config, device))
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(config.model.path), dtype=training_dtype(config, device)
+    )
     times: list[float] = []
 
     class StepTimer(TrainerCallback):
@@ -132,7 +150,14 @@ def trl_steps(config: Config, steps: int, vllm: bool = False) -> list[dict[str, 
         # num_tokens: TRL's running count of prompt + completion tokens it has generated on.
         prompt = entry.get("num_tokens", seen) - seen - completion
         seen = entry.get("num_tokens", seen)
-        steps_out.append({"step": t, "completion_tokens": completion, "prompt_tokens": prompt, "completion_length": entry["completions/mean_length"]})
+        steps_out.append(
+            {
+                "step": t,
+                "completion_tokens": completion,
+                "prompt_tokens": prompt,
+                "completion_length": entry["completions/mean_length"],
+            }
+        )
     return steps_out
 
 
@@ -169,16 +194,22 @@ def markdown(
 ) -> str:
     """The table, the ratios against aharl, and one line per contender that could not run here, saying why."""
     lines = [
-        f"Mean seconds per GRPO step (steps 2-{steps}; the first is warm-up)." if steps > 1 else "Seconds for one GRPO step.",
+        f"Mean seconds per GRPO step (steps 2-{steps}; the first is warm-up)."
+        if steps > 1
+        else "Seconds for one GRPO step.",
         "",
-        "| trainer | s / step | s / 1k completion tokens | prompt tokens | completion tokens (mean length) | " + " | ".join(PHASES) + " |",
+        "| trainer | s / step | s / 1k completion tokens | prompt tokens | completion tokens (mean length) | "
+        + " | ".join(PHASES)
+        + " |",
         "|---|---|---|---|---|" + "---|" * len(PHASES),
     ]
 
     def row(name: str, s: dict[str, float], phases: bool) -> str:
         cells = [f"{s[p]:.1f}" if phases else "-" for p in PHASES]
-        return (f"| {name} | {s['step']:.1f} | {per_1k_completion_tokens(s):.2f} | {s.get('prompt_tokens', 0):.0f} | "
-                f"{s.get('completion_tokens', 0):.0f} ({s.get('completion_length', 0):.1f}) | " + " | ".join(cells) + " |")
+        return (
+            f"| {name} | {s['step']:.1f} | {per_1k_completion_tokens(s):.2f} | {s.get('prompt_tokens', 0):.0f} | "
+            f"{s.get('completion_tokens', 0):.0f} ({s.get('completion_length', 0):.1f}) | " + " | ".join(cells) + " |"
+        )
 
     lines.append(row("aharl", aharl, True))
     others = [(name, s) for name, s in ((TRL_HF, trl), (TRL_VLLM, trl_vllm)) if s is not None]
@@ -187,14 +218,22 @@ def markdown(
     if others:
         lines.append("")
     for name, s in others:
-        lines.append(f"{name} / aharl: **{s['step'] / aharl['step']:.2f}x** per step, "
-                     f"**{per_1k_completion_tokens(s) / per_1k_completion_tokens(aharl):.2f}x** per 1,000 completion tokens")
+        lines.append(
+            f"{name} / aharl: **{s['step'] / aharl['step']:.2f}x** per step, "
+            f"**{per_1k_completion_tokens(s) / per_1k_completion_tokens(aharl):.2f}x** per 1,000 completion tokens"
+        )
     for name, why in (not_run or {}).items():
         lines.append(f"{name}: not run here ({why})")
     return "\n".join(lines) + "\n"
 
 
-def plot(aharl: dict[str, float], trl: dict[str, float] | None, path: str, title: str, trl_vllm: dict[str, float] | None = None) -> None:
+def plot(
+    aharl: dict[str, float],
+    trl: dict[str, float] | None,
+    path: str,
+    title: str,
+    trl_vllm: dict[str, float] | None = None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

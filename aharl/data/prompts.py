@@ -17,7 +17,6 @@ from aharl.config import DataConfig, Demonstration
 from aharl.errors import DataError
 from aharl.types import Prompt
 
-
 # A row's identifier, where a dataset has one: a repeated id is a row given twice.
 ID_COLUMN = "id"
 # A number as GSM8K writes its gold answers: ``18``, ``-3``, ``1,080``, ``$18.50``, ``75%`` (and ``3/4``).
@@ -40,7 +39,12 @@ class PromptReport:
 
     def summary(self) -> str:
         rarer = "".join(
-            f", {count} {what}" for count, what in ((self.non_numeric, "with a non-numeric gold answer"), (self.duplicate, "with a duplicate id")) if count
+            f", {count} {what}"
+            for count, what in (
+                (self.non_numeric, "with a non-numeric gold answer"),
+                (self.duplicate, "with a duplicate id"),
+            )
+            if count
         )
         return (
             f"{self.kept} prompts kept of {self.rows} rows "
@@ -66,7 +70,9 @@ def extract_gold(raw: Any, extractor: str) -> str | None:
     return text or None
 
 
-def chat_messages(question: str, system_prompt: str, demonstrations: Sequence[Demonstration] = ()) -> list[dict[str, str]]:
+def chat_messages(
+    question: str, system_prompt: str, demonstrations: Sequence[Demonstration] = ()
+) -> list[dict[str, str]]:
     """The conversation the model answers: the system prompt, each demonstration as a user and an assistant turn, then the question."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for demo in demonstrations:
@@ -114,7 +120,9 @@ def build_prompts(rows: Sequence[dict[str, Any]], tokenizer, config: DataConfig)
         # recipe's dataset map does, so a TRL-form reward compares against it unchanged.
         columns = {**row, config.answer_column: gold}
         text = tokenizer.apply_chat_template(
-            chat_messages(question, config.system_prompt, config.demonstrations), tokenize=False, add_generation_prompt=True
+            chat_messages(question, config.system_prompt, config.demonstrations),
+            tokenize=False,
+            add_generation_prompt=True,
         )
         candidates.append((question, gold, text, columns))
     # The template already holds the special tokens; adding them again would duplicate BOS.
@@ -129,5 +137,7 @@ def build_prompts(rows: Sequence[dict[str, Any]], tokenizer, config: DataConfig)
         prompts.append(Prompt(len(prompts), question, gold, text, list(ids), messages, columns))
     report = PromptReport(len(rows), len(prompts), too_long, no_answer, malformed, non_numeric, duplicate)
     if not prompts:
-        raise DataError(f"data source {config.source} gave no usable prompts: {report.summary()}; check the columns, extractor and data.max_prompt_tokens")
+        raise DataError(
+            f"data source {config.source} gave no usable prompts: {report.summary()}; check the columns, extractor and data.max_prompt_tokens"
+        )
     return prompts, report

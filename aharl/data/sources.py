@@ -37,7 +37,9 @@ def load_rows(config: DataConfig) -> list[dict[str, Any]]:
         return dataset.to_list()
     except Exception as exc:  # the file's values decode only here (e.g. bytes a format check did not cover)
         cause = _root_cause(exc)
-        raise DataError(f"cannot read the rows of data source {config.source} ({type(cause).__name__}: {first_line(str(cause))}); check the file's encoding (UTF-8) and values") from None
+        raise DataError(
+            f"cannot read the rows of data source {config.source} ({type(cause).__name__}: {first_line(str(cause))}); check the file's encoding (UTF-8) and values"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -67,14 +69,18 @@ def _load(datasets, config: DataConfig, path: Path, loader: str | None):
         if loader is not None:
             if not path.is_file():
                 state = "is a directory" if path.is_dir() else "does not exist"
-                raise DataError(f"data file {config.source} {state}; pass an existing .jsonl/.json/.parquet/.csv file or a hub id")
+                raise DataError(
+                    f"data file {config.source} {state}; pass an existing .jsonl/.json/.parquet/.csv file or a hub id"
+                )
             if loader != "parquet":
                 check_text_file(path, json_lines=path.suffix.lower() == ".jsonl")
             return datasets.load_dataset(loader, data_files=str(path), split="train")
         if path.is_dir():
             return datasets.load_dataset(str(path), split=config.split)
         if config.source.startswith((".", "/", "~")):
-            raise DataError(f"data source {config.source} does not exist; pass an existing file or directory, a hub id, or `synthetic`")
+            raise DataError(
+                f"data source {config.source} does not exist; pass an existing file or directory, a hub id, or `synthetic`"
+            )
         return datasets.load_dataset(config.source, config.subset, split=config.split)
     except DataError:
         raise
@@ -116,9 +122,13 @@ def check_text_file(path: Path, json_lines: bool) -> None:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"data file {path} line {number} is not valid JSON (column {exc.colno}: {exc.msg}); fix or remove that line") from None
+                    raise DataError(
+                        f"data file {path} line {number} is not valid JSON (column {exc.colno}: {exc.msg}); fix or remove that line"
+                    ) from None
                 if not isinstance(row, dict):
-                    raise DataError(f"data file {path} line {number} is a JSON {type(row).__name__}, not an object; write one {{\"question\": ..., \"answer\": ...}} object per line")
+                    raise DataError(
+                        f'data file {path} line {number} is a JSON {type(row).__name__}, not an object; write one {{"question": ..., "answer": ...}} object per line'
+                    )
     if not seen_row:
         raise DataError(f"data file {path} is empty; pass a file with question/answer rows")
 

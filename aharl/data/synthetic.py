@@ -11,7 +11,24 @@ from __future__ import annotations
 
 import random
 
-_NAMES = ["Ava", "Ben", "Chloe", "Dev", "Emma", "Finn", "Gia", "Hugo", "Iris", "Jack", "Kira", "Leo", "Maya", "Noah", "Omar", "Pia"]
+_NAMES = [
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Emma",
+    "Finn",
+    "Gia",
+    "Hugo",
+    "Iris",
+    "Jack",
+    "Kira",
+    "Leo",
+    "Maya",
+    "Noah",
+    "Omar",
+    "Pia",
+]
 _ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cookies", "shells", "cards", "stamps"]
 _GAIN = ["buys {k} more", "finds {k} more", "is given {k} more", "wins {k} more"]
 _LOSS = ["gives away {k}", "loses {k}", "sells {k}", "uses {k}"]
@@ -41,7 +58,6 @@ def make_problem(rng: random.Random, difficulty: int, max_operand: int) -> dict[
             value += k
     steps.append(f"How many {item} does {name} have now?")
     return {"question": " ".join(steps), "answer": str(value)}
-
 
 
 def make_dataset(num_examples: int, difficulty: int, max_operand: int, seed: int) -> list[dict[str, str]]:

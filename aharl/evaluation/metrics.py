@@ -77,4 +77,3 @@ def summarise(judgements: Sequence[Sequence[AnswerJudgement]]) -> dict[str, floa
         summary[f"pass@{samples}_numeric"] = sum(any(j.numeric for j in q) for q in judgements) / len(judgements)
         summary[f"pass@{samples}_exact"] = sum(any(j.exact for j in q) for q in judgements) / len(judgements)
     return summary
-

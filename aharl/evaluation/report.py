@@ -18,7 +18,11 @@ SUMMARY_KEYS = ("accuracy_exact", "accuracy_numeric", "format_strict", "format_s
 
 
 def summary_rows(before: EvalResult, after: EvalResult) -> list[tuple[str, float, float]]:
-    return [(key, before.summary[key], after.summary[key]) for key in SUMMARY_KEYS if key in before.summary and key in after.summary]
+    return [
+        (key, before.summary[key], after.summary[key])
+        for key in SUMMARY_KEYS
+        if key in before.summary and key in after.summary
+    ]
 
 
 def paired_records(before: EvalResult, after: EvalResult, limit: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -33,7 +37,12 @@ def _mark(answer: dict[str, Any]) -> str:
 
 
 def markdown_report(title: str, before: EvalResult, after: EvalResult, limit: int) -> str:
-    lines = [f"# {title}", "", f"Greedy answers to {int(before.summary['questions'])} held-out questions, before and after training.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Greedy answers to {int(before.summary['questions'])} held-out questions, before and after training.",
+        "",
+    ]
     lines += ["| metric | before | after |", "|---|---:|---:|"]
     lines += [f"| {key} | {b:.3f} | {a:.3f} |" for key, b, a in summary_rows(before, after)]
     for number, (b, a) in enumerate(paired_records(before, after, limit), start=1):
@@ -41,7 +50,14 @@ def markdown_report(title: str, before: EvalResult, after: EvalResult, limit: in
         for label, record in (("Before", b), ("After", a)):
             answer = record["answers"][0]
             rewards = ", ".join(f"{k} {_value(v)}" for k, v in answer["rewards"].items())
-            lines += [f"**{label}** ({_mark(answer)}; reward {answer['reward']:.2f}: {rewards}; {answer['tokens']} tokens)", "", "```text", answer["text"].replace("```", "'''"), "```", ""]
+            lines += [
+                f"**{label}** ({_mark(answer)}; reward {answer['reward']:.2f}: {rewards}; {answer['tokens']} tokens)",
+                "",
+                "```text",
+                answer["text"].replace("```", "'''"),
+                "```",
+                "",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -58,7 +74,9 @@ pre{white-space:pre-wrap;background:#f6f6f6;padding:.6rem;margin:.3rem 0;font-si
 
 def html_report(title: str, before: EvalResult, after: EvalResult, limit: int) -> str:
     esc = html.escape
-    rows = "".join(f"<tr><td>{esc(k)}</td><td>{b:.3f}</td><td>{a:.3f}</td></tr>" for k, b, a in summary_rows(before, after))
+    rows = "".join(
+        f"<tr><td>{esc(k)}</td><td>{b:.3f}</td><td>{a:.3f}</td></tr>" for k, b, a in summary_rows(before, after)
+    )
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1><p>Greedy answers to {int(before.summary['questions'])} held-out questions, before and after training.</p>",

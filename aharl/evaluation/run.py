@@ -37,7 +37,9 @@ class EvalMode:
 GREEDY = EvalMode("greedy")
 
 
-def evaluate(generate: Generate, score: Score, prompts: Sequence[Prompt], mode: EvalMode, *, max_tokens: int, seed: int = 0) -> EvalResult:
+def evaluate(
+    generate: Generate, score: Score, prompts: Sequence[Prompt], mode: EvalMode, *, max_tokens: int, seed: int = 0
+) -> EvalResult:
     groups = generate(prompts, mode.settings(max_tokens, seed))
     scored = score(groups)
     judgements = []
@@ -46,7 +48,9 @@ def evaluate(generate: Generate, score: Score, prompts: Sequence[Prompt], mode: 
         per_question = []
         answers = []
         for i, completion in enumerate(sg.group.completions):
-            j = judge(completion.text, sg.group.prompt.answer, len(completion.token_ids), completion.finish_reason == "length")
+            j = judge(
+                completion.text, sg.group.prompt.answer, len(completion.token_ids), completion.finish_reason == "length"
+            )
             per_question.append(j)
             answers.append(
                 {
@@ -97,5 +101,7 @@ def eval_prompt_set(config: Config, tokenizer, prompts: list[Prompt]) -> tuple[l
     data = dataclasses.replace(config.data, source=e.source, split=e.split)
     eval_prompts, _ = build_prompts(load_rows(data), tokenizer, data)
     if not eval_prompts:
-        raise DataError(f"eval.source={e.source} (split {e.split}) has no usable rows; check its columns match data.question_column/answer_column")
+        raise DataError(
+            f"eval.source={e.source} (split {e.split}) has no usable rows; check its columns match data.question_column/answer_column"
+        )
     return prompts, eval_prompts[: e.num_questions]

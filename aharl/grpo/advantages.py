@@ -31,7 +31,9 @@ def group_advantages(
       instead of the group's, a steadier scale when groups are small.
     """
     if rewards.dim() != 1 or rewards.numel() % group_size != 0:
-        raise ValueError(f"rewards must be flat with a multiple of {group_size} entries, got shape {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be flat with a multiple of {group_size} entries, got shape {tuple(rewards.shape)}"
+        )
     grouped = rewards.float().view(-1, group_size)  # [num_prompts, group_size]
     centred = grouped - grouped.mean(dim=1, keepdim=True)  # [num_prompts, group_size]
     if scale_by_std:

@@ -152,7 +152,17 @@ def padded_micro_batch(units: Sequence[Unit], pad_id: int) -> MicroBatch:
     advantages = torch.tensor([a for u in units for a in u.advantages], dtype=torch.float32)  # [S]
     engines = torch.tensor([u.engine for u in units for _ in u.completions], dtype=torch.long)  # [S]
     prompt_lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)  # [S]
-    return MicroBatch(input_ids, attention, positions, comp_ids, comp_mask, rollout_logp, advantages, engines, prompt_lengths=prompt_lengths)
+    return MicroBatch(
+        input_ids,
+        attention,
+        positions,
+        comp_ids,
+        comp_mask,
+        rollout_logp,
+        advantages,
+        engines,
+        prompt_lengths=prompt_lengths,
+    )
 
 
 def packed_micro_batch(units: Sequence[Unit], pad_id: int) -> MicroBatch:
@@ -206,7 +216,15 @@ def group_units(scored: Sequence[ScoredGroup], advantages: torch.Tensor) -> list
     for sg in scored:
         comps = sg.group.completions
         adv = advantages[offset : offset + len(comps)].float().tolist()
-        units.append(Unit(sg.group.prompt.token_ids, [c.token_ids for c in comps], [c.logprobs for c in comps], adv, sg.group.engine))
+        units.append(
+            Unit(
+                sg.group.prompt.token_ids,
+                [c.token_ids for c in comps],
+                [c.logprobs for c in comps],
+                adv,
+                sg.group.engine,
+            )
+        )
         offset += len(comps)
     return units
 
@@ -232,7 +250,10 @@ def budget_bins(units: Sequence[Unit], budget: int, packing: str) -> list[list[U
     pieces: list[Unit] = []
     for unit in units:
         if packing == "padded":
-            pieces += [Unit(unit.prompt, [c], [lp], [a], unit.engine) for c, lp, a in zip(unit.completions, unit.logprobs, unit.advantages)]
+            pieces += [
+                Unit(unit.prompt, [c], [lp], [a], unit.engine)
+                for c, lp, a in zip(unit.completions, unit.logprobs, unit.advantages)
+            ]
             continue
         stack = [unit]
         while stack:

@@ -35,11 +35,17 @@ def check_metrics_file(run_dir: Path) -> None:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise AharlError(f"{path} line {number} is not UTF-8; it is not a metrics file aharl wrote (pass a run directory, runs/NAME)") from None
+            raise AharlError(
+                f"{path} line {number} is not UTF-8; it is not a metrics file aharl wrote (pass a run directory, runs/NAME)"
+            ) from None
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
         step = record.get("step") if isinstance(record, dict) else None
-        if isinstance(record, dict) and (isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step)):
-            raise AharlError(f"{path} line {number} has no numeric \"step\"; it is not a metrics file aharl wrote (pass a run directory, runs/NAME)")
+        if isinstance(record, dict) and (
+            isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step)
+        ):
+            raise AharlError(
+                f'{path} line {number} has no numeric "step"; it is not a metrics file aharl wrote (pass a run directory, runs/NAME)'
+            )

@@ -17,8 +17,8 @@ from typing import Sequence
 
 from aharl.errors import AharlError
 from aharl.evaluation.run import GREEDY, EvalMode, evaluate, local_scorer
-from aharl.tracking.evals import read_eval_file, write_eval_file
 from aharl.rollout.engine import SamplingSettings, build_rollout_engine
+from aharl.tracking.evals import read_eval_file, write_eval_file
 from aharl.types import EvalResult, Prompt, RolloutGroup
 
 # Prompts per engine call: bounds HF generate's padded batch; vLLM batches inside a call anyway.
@@ -76,19 +76,25 @@ def chunked(generate):
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from aharl.launch.common import load_run_config
     from aharl.data.prompts import build_prompts
     from aharl.data.sources import load_rows
+    from aharl.device import resolve_device
+    from aharl.launch.common import load_run_config
     from aharl.modelhub import load_tokenizer
     from aharl.rewards.registry import resolve_reward_functions
-    from aharl.device import resolve_device
 
     # vLLM logs to stdout by default; stdout is for the JSON (so it can be piped).
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     check_arguments(args)
     modes = parse_modes(args.modes, args.samples, args.temperature)
-    overrides = [f"model.path={args.model}", f"data.source={args.data}", f"data.split={args.split}", f"rollout.max_tokens={args.max_tokens}", "data.shuffle=false"]
+    overrides = [
+        f"model.path={args.model}",
+        f"data.source={args.data}",
+        f"data.split={args.split}",
+        f"rollout.max_tokens={args.max_tokens}",
+        "data.shuffle=false",
+    ]
     if args.rewards:
         overrides.append(f"rewards.functions=[{args.rewards}]")
     config = load_run_config(args.config, overrides + list(args.overrides))
@@ -98,11 +104,16 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if args.limit is not None:
         prompts = prompts[: args.limit]
     if not prompts:
-        raise AharlError(f"{args.data} gave no usable questions; check its columns (data.question_column / data.answer_column)")
+        raise AharlError(
+            f"{args.data} gave no usable questions; check its columns (data.question_column / data.answer_column)"
+        )
     score = local_scorer(resolve_reward_functions(config.rewards.functions), config.rewards.weights)
     backend = choose_backend(args.backend)
     device = resolve_device(config)
-    print(f"aharl eval: {len(prompts)} questions, {backend} on {device}, modes {', '.join(m.name for m in modes)}", file=sys.stderr)
+    print(
+        f"aharl eval: {len(prompts)} questions, {backend} on {device}, modes {', '.join(m.name for m in modes)}",
+        file=sys.stderr,
+    )
     engine = build_rollout_engine(config, device, backend)
 
     results: dict[str, EvalResult] = {}
@@ -110,7 +121,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
     try:
         for mode in modes:
             began = time.perf_counter()
-            results[mode.name] = evaluate(chunked(engine.generate), score, prompts, mode, max_tokens=args.max_tokens, seed=config.rollout.seed)
+            results[mode.name] = evaluate(
+                chunked(engine.generate), score, prompts, mode, max_tokens=args.max_tokens, seed=config.rollout.seed
+            )
             timings[mode.name] = round(time.perf_counter() - began, 2)
     finally:
         engine.shutdown()
@@ -144,11 +157,15 @@ def run_report_command(args: argparse.Namespace) -> int:
     mode = "greedy" if "greedy" in before and "greedy" in after else next((m for m in before if m in after), None)
     if mode is None:
         raise AharlError(f"{args.before} and {args.after} share no evaluation mode; run both with --modes greedy")
-    paths = write_report(Path(args.out), f"{Path(args.before).stem} vs {Path(args.after).stem}", before[mode], after[mode], args.questions)
+    paths = write_report(
+        Path(args.out),
+        f"{Path(args.before).stem} vs {Path(args.after).stem}",
+        before[mode],
+        after[mode],
+        args.questions,
+    )
     print("\n".join(str(p) for p in paths))
     return 0
-
-
 
 
 # What the report reads of each answer and of each question's record.
@@ -172,7 +189,7 @@ def read_report_input(path: Path) -> dict[str, EvalResult]:
             raise AharlError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
         modes = document.get("modes") if isinstance(document, dict) else None
         if not isinstance(modes, dict) or not all(isinstance(m, dict) for m in modes.values()):
-            raise AharlError(f"{path} has no \"modes\" mapping of evaluation results; {fix}")
+            raise AharlError(f'{path} has no "modes" mapping of evaluation results; {fix}')
     results = read_eval_file(path)
     for name, result in results.items():
         problem = _report_problem(result)
@@ -191,6 +208,11 @@ def _report_problem(result: EvalResult) -> str | None:
         if not isinstance(record, dict) or any(k not in record for k in _RECORD_KEYS):
             return f"record {number} lacks one of {', '.join(_RECORD_KEYS)}"
         answers = record["answers"]
-        if not isinstance(answers, list) or not answers or not isinstance(answers[0], dict) or any(k not in answers[0] for k in _ANSWER_KEYS):
+        if (
+            not isinstance(answers, list)
+            or not answers
+            or not isinstance(answers[0], dict)
+            or any(k not in answers[0] for k in _ANSWER_KEYS)
+        ):
             return f"record {number} has no answer with {', '.join(_ANSWER_KEYS)}"
     return None

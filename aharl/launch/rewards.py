@@ -33,11 +33,13 @@ def rewards_score(args: argparse.Namespace) -> int:
     path = Path(args.input)
     if not path.is_file():
         state = "is a directory" if path.is_dir() else "does not exist"
-        raise AharlError(f"input file {path} {state}; pass a JSONL file of {{\"completion\": ..., \"answer\": ...}} rows")
+        raise AharlError(f'input file {path} {state}; pass a JSONL file of {{"completion": ..., "answer": ...}} rows')
     try:
         out: TextIO = open(args.output, "w") if args.output else sys.stdout
     except OSError as exc:
-        raise AharlError(f"cannot write --output {args.output} ({exc.strerror or type(exc).__name__}); pass a file in an existing directory") from None
+        raise AharlError(
+            f"cannot write --output {args.output} ({exc.strerror or type(exc).__name__}); pass a file in an existing directory"
+        ) from None
     bad = 0
     pending: list[dict[str, Any]] = []
 
@@ -73,7 +75,10 @@ def rewards_score(args: argparse.Namespace) -> int:
             out.close()
     if bad:
         more = f" (the first {SHOWN_BAD_ROWS} shown above)" if bad > SHOWN_BAD_ROWS else ""
-        print(f"aharl: {bad} malformed row(s) skipped{more}; each needs string fields \"completion\" and \"answer\" on a UTF-8 JSON line", file=sys.stderr)
+        print(
+            f'aharl: {bad} malformed row(s) skipped{more}; each needs string fields "completion" and "answer" on a UTF-8 JSON line',
+            file=sys.stderr,
+        )
         return 1
     return 0
 

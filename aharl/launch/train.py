@@ -41,7 +41,9 @@ def run_train(args: argparse.Namespace) -> int:
         # The actor's own traceback is in its log; say which part failed, in one line.
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         where = "above" if args.verbose else f"in {run_directory(config) / 'logs'}/"
-        print(f"aharl: error: an actor failed ({type(exc).__name__}: {first[:300]}); its log is {where}", file=sys.stderr)
+        print(
+            f"aharl: error: an actor failed ({type(exc).__name__}: {first[:300]}); its log is {where}", file=sys.stderr
+        )
         return 1
     if result.stopped_by:
         return result.exit_code

@@ -20,14 +20,14 @@ from aharl import faults
 from aharl.config import Config
 from aharl.device import resolve_device, training_dtype
 from aharl.errors import ConfigError
+from aharl.grpo.batch import MicroBatch, pad_sequences
+from aharl.grpo.loss import grpo_loss, rollout_correction_weights
+from aharl.learner import lora
+from aharl.learner.forward import completion_logprobs, supports_shared_prefix
 from aharl.modelhub import resolve_model_path
 from aharl.rng import restore_rng_state, rng_state
 from aharl.sync import cuda_ipc, nccl, shm
 from aharl.sync.buckets import plan_buckets
-from aharl.grpo.batch import MicroBatch, pad_sequences
-from aharl.learner import lora
-from aharl.learner.forward import completion_logprobs, supports_shared_prefix
-from aharl.grpo.loss import grpo_loss, rollout_correction_weights
 
 CHECKPOINT_TAG = "state"
 
@@ -115,7 +115,13 @@ class Learner:
     """One data-parallel rank of the policy update."""
 
     def __init__(
-        self, config: Config, total_steps: int, rank: int = 0, world_size: int = 1, master_port: int = 29500, master_address: str = "127.0.0.1"
+        self,
+        config: Config,
+        total_steps: int,
+        rank: int = 0,
+        world_size: int = 1,
+        master_port: int = 29500,
+        master_address: str = "127.0.0.1",
     ) -> None:
         """``master_address``/``master_port``: where DeepSpeed's group meets (rank 0's node; :mod:`aharl.runtime.rendezvous`)."""
         import deepspeed
@@ -134,7 +140,13 @@ class Learner:
             # core; ranks update at the same time, so they divide the cores.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         os.environ.update(
-            {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_address, "MASTER_PORT": str(master_port)}
+            {
+                "RANK": str(rank),
+                "LOCAL_RANK": "0",
+                "WORLD_SIZE": str(world_size),
+                "MASTER_ADDR": master_address,
+                "MASTER_PORT": str(master_port),
+            }
         )
         if self.device == "cpu":
             skip_cpu_shm_comm_build()
@@ -147,7 +159,9 @@ class Learner:
         model.config.use_cache = False
         if config.learner.packing == "shared_prefix" and not supports_shared_prefix(model):
             raise ConfigError(
-                "learner.packing", f"= shared_prefix needs an attention that takes a 4D mask, not {model.config._attn_implementation}", "set learner.packing=padded"
+                "learner.packing",
+                f"= shared_prefix needs an attention that takes a 4D mask, not {model.config._attn_implementation}",
+                "set learner.packing=padded",
             )
         if config.learner.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -197,7 +211,9 @@ class Learner:
     # ------------------------------------------------------------------
     # Log-probs
 
-    def _policy_logp(self, model: torch.nn.Module, mb: MicroBatch, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _policy_logp(
+        self, model: torch.nn.Module, mb: MicroBatch, entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs ``[S, C]`` of the completion tokens and, if asked, the entropy ``[S, C]`` (:mod:`aharl.learner.forward`)."""
         return completion_logprobs(model, mb, self.config.learner.logprob_chunk_rows, entropy)
 
@@ -211,7 +227,9 @@ class Learner:
         return None
 
     @torch.no_grad()
-    def completion_logprobs(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
+    def completion_logprobs(
+        self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]
+    ) -> list[list[float]]:
         """The current policy's log-probs for given completions (to compare with the rollout engine)."""
         ids, attention, positions, comp, mask = pad_sequences(prompt_ids, completion_ids, pad_id=0)
         zeros = torch.zeros(len(prompt_ids))
@@ -224,7 +242,9 @@ class Learner:
     # ------------------------------------------------------------------
     # The update
 
-    def train_step(self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float) -> dict[str, float]:
+    def train_step(
+        self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float
+    ) -> dict[str, float]:
         """One GRPO update (``updates_per_batch`` optimizer steps) over this rank's micro-batches.
 
         ``num_sequences`` / ``num_tokens`` are counts over the whole optimizer
@@ -300,7 +320,9 @@ class Learner:
                     out.metrics["loss"] = float("nan")
                 self.engine.backward(loss * scale)
                 boundary = self.engine.is_gradient_accumulation_boundary()
-                dropped = boundary and self.config.learner.zero_stage == 0 and drop_nonfinite_gradients(self.engine.module)
+                dropped = (
+                    boundary and self.config.learner.zero_stage == 0 and drop_nonfinite_gradients(self.engine.module)
+                )
                 self.engine.step()
                 if boundary and (dropped or not self.engine.was_step_applied()):
                     skipped += 1
@@ -452,12 +474,18 @@ class Learner:
         """
         with lora.adapters_only_state(self.engine.module) if self.lora else contextlib.nullcontext():
             self.engine.save_checkpoint(
-                directory, tag=CHECKPOINT_TAG, client_state={"rng": rng_state()}, save_latest=False, exclude_frozen_parameters=self.lora
+                directory,
+                tag=CHECKPOINT_TAG,
+                client_state={"rng": rng_state()},
+                save_latest=False,
+                exclude_frozen_parameters=self.lora,
             )
 
     def load_state(self, directory: str) -> None:
         # The adapters-only module state leaves the base's keys missing, by design.
-        path, client_state = self.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG, load_module_strict=not self.lora)
+        path, client_state = self.engine.load_checkpoint(
+            directory, tag=CHECKPOINT_TAG, load_module_strict=not self.lora
+        )
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{CHECKPOINT_TAG}")
         rng = (client_state or {}).get("rng")

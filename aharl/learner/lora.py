@@ -34,7 +34,8 @@ ADAPTER_DIR = "adapter"  # inside an exported policy: PEFT's adapter_config.json
 
 def wrap(model: torch.nn.Module, settings: LoraConfig) -> torch.nn.Module:
     """The model with trainable low-rank adapters on ``settings.target_modules``; every other weight frozen."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
     targets = settings.target_modules
     lora = PeftLoraConfig(
@@ -79,7 +80,9 @@ def base_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Para
     """Each base-model parameter under its plain name, with the LoRA layer whose delta adds to it (None if none does)."""
     from peft.tuners.lora import LoraLayer
 
-    layers = {f"{name}.base_layer.weight": module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+    layers = {
+        f"{name}.base_layer.weight": module for name, module in model.named_modules() if isinstance(module, LoraLayer)
+    }
     for name, param in model.named_parameters():
         if not is_adapter_parameter(name):
             yield base_name(name), param, layers.get(name)
@@ -112,4 +115,3 @@ def adapters_only_state(model: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         handle.remove()
-

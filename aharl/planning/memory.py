@@ -91,7 +91,15 @@ class ModelShape:
     def lora_params(self, r: int, targets: Sequence[str]) -> int:
         """LoRA's trainable parameters: ``r x (in + out)`` for each targeted linear layer (``all-linear``: all seven per layer)."""
         q, kv, h, i = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
-        sides = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        sides = {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
         chosen = sides if list(targets) == ["all-linear"] else {name: sides[name] for name in targets if name in sides}
         return self.layers * sum(r * (a + b) for a, b in chosen.values())
 
@@ -103,9 +111,15 @@ class ModelShape:
     def from_hf_config(cls, name: str, cfg: dict) -> "ModelShape":
         heads = cfg["num_attention_heads"]
         return cls(
-            name=name, hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"], heads=heads,
-            kv_heads=cfg.get("num_key_value_heads") or heads, head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            intermediate=cfg["intermediate_size"], vocab=cfg["vocab_size"], tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            name=name,
+            hidden=cfg["hidden_size"],
+            layers=cfg["num_hidden_layers"],
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            intermediate=cfg["intermediate_size"],
+            vocab=cfg["vocab_size"],
+            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qkv_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
         )
 
@@ -132,7 +146,9 @@ def model_shape(path: str) -> ModelShape:
     if path in BUILTIN_SHAPES:
         return BUILTIN_SHAPES[path]
     known = ", ".join(name for name in BUILTIN_SHAPES if "/" in name)
-    raise AharlError(f"no config.json for model {path}: the plan knows {known} offline; pass a local model directory (model.path=DIR)")
+    raise AharlError(
+        f"no config.json for model {path}: the plan knows {known} offline; pass a local model directory (model.path=DIR)"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -303,8 +319,12 @@ def learner_parts(config: Config, shape: ModelShape, device: str) -> tuple[list[
         forward_logits += 2 * logits
     activation = saved + logits + max(forward_logits, logits_grad + chunk_bwd)
     parts.append(Part("activations", saved / GIB, act_note + ("" if seqs == 1 else f", {seqs} rows")))
-    parts.append(Part("logits + their gradient", (logits + logits_grad) / GIB, f"R={rows} completion rows x V={v} x {w} B, x3"))
-    parts.append(Part("log-prob chunks", max(chunk_fwd, chunk_bwd) / GIB, f"fp32, logprob_chunk_rows={lr.logprob_chunk_rows}"))
+    parts.append(
+        Part("logits + their gradient", (logits + logits_grad) / GIB, f"R={rows} completion rows x V={v} x {w} B, x3")
+    )
+    parts.append(
+        Part("log-prob chunks", max(chunk_fwd, chunk_bwd) / GIB, f"fp32, logprob_chunk_rows={lr.logprob_chunk_rows}")
+    )
     if device == "cpu":
         # Measured, not yet traced to its allocations: every CPU learner peaks about
         # 2 w P above the parts above (quickstart, 2026-11-26: +1.0 to +1.5 GiB over
@@ -313,8 +333,14 @@ def learner_parts(config: Config, shape: ModelShape, device: str) -> tuple[list[
         # that autograd fills before ZeRO's hooks reduce it, and one more in the
         # reduction, is the likely account). Inserted before the working set so it
         # counts as state that stays.
-        parts.insert(len(parts) - 3, Part("CPU gradient copies (measured)", CPU_EXTRA_GRAD_COPIES * w * t / GIB,
-                                          f"{CPU_EXTRA_GRAD_COPIES} x {w} B x {trained}, measured on CPU"))
+        parts.insert(
+            len(parts) - 3,
+            Part(
+                "CPU gradient copies (measured)",
+                CPU_EXTRA_GRAD_COPIES * w * t / GIB,
+                f"{CPU_EXTRA_GRAD_COPIES} x {w} B x {trained}, measured on CPU",
+            ),
+        )
     static = sum(part.gib for part in parts[: len(parts) - 3]) * GIB
     step_transient = 4 * t / (1 if stage == 0 else ranks)  # AdamW's foreach temporaries at the optimizer step
     peak = static + max(activation, step_transient)
@@ -334,17 +360,33 @@ def rollout_parts(config: Config, shape: ModelShape, gpu_gib: float) -> tuple[li
     reserved = r.gpu_memory_utilization * gpu_gib * GIB
     gpus_per_engine = config.placement.rollout_gpus if config.placement.layout == "separate" else 1
     weights = w * shape.params / gpus_per_engine
-    profile = VLLM_MAX_BATCHED_TOKENS * w * (4 * shape.hidden + 2 * shape.intermediate) + VLLM_MAX_NUM_SEQS * shape.vocab * 4
+    profile = (
+        VLLM_MAX_BATCHED_TOKENS * w * (4 * shape.hidden + 2 * shape.intermediate) + VLLM_MAX_NUM_SEQS * shape.vocab * 4
+    )
     graphs = 0.0 if r.enforce_eager else VLLM_CUDA_GRAPHS_GIB * GIB
     kv = max(0.0, reserved - weights - profile - graphs)
     per_token = shape.kv_bytes_per_token(w) / gpus_per_engine
-    needed = math.ceil(config.learner.prompts_per_step * r.n * (config.data.max_prompt_tokens + r.max_tokens) / r.num_engines)
+    needed = math.ceil(
+        config.learner.prompts_per_step * r.n * (config.data.max_prompt_tokens + r.max_tokens) / r.num_engines
+    )
     cache = KvCache(kv / GIB, int(kv // per_token), needed)
     parts = [
-        Part("vLLM weights", weights / GIB, f"{w} B per param" + (f" / {gpus_per_engine} (tensor parallel)" if gpus_per_engine > 1 else "")),
-        Part("vLLM activations (profile)", profile / GIB, f"{VLLM_MAX_BATCHED_TOKENS} tokens + sampler logits of {VLLM_MAX_NUM_SEQS} sequences"),
+        Part(
+            "vLLM weights",
+            weights / GIB,
+            f"{w} B per param" + (f" / {gpus_per_engine} (tensor parallel)" if gpus_per_engine > 1 else ""),
+        ),
+        Part(
+            "vLLM activations (profile)",
+            profile / GIB,
+            f"{VLLM_MAX_BATCHED_TOKENS} tokens + sampler logits of {VLLM_MAX_NUM_SEQS} sequences",
+        ),
         Part("vLLM CUDA graphs", graphs / GIB, "enforce_eager: none" if r.enforce_eager else "captured decode graphs"),
-        Part("vLLM KV cache", kv / GIB, f"the rest of gpu_memory_utilization={r.gpu_memory_utilization:g} x {gpu_gib:g} GiB; {cache.capacity_tokens} tokens"),
+        Part(
+            "vLLM KV cache",
+            kv / GIB,
+            f"the rest of gpu_memory_utilization={r.gpu_memory_utilization:g} x {gpu_gib:g} GiB; {cache.capacity_tokens} tokens",
+        ),
     ]
     return parts, cache
 
@@ -361,22 +403,48 @@ def plan_memory(config: Config, shape: ModelShape, gpu_gib: float, device: str =
     if kv.capacity_tokens <= 0:
         notes.append("vLLM has no room left for a KV cache at this gpu_memory_utilization: it would not start")
     elif kv.waves > 1:
-        notes.append(f"generation runs in {kv.waves} waves: a step needs {kv.needed_tokens} KV tokens per engine, the cache holds {kv.capacity_tokens}")
+        notes.append(
+            f"generation runs in {kv.waves} waves: a step needs {kv.needed_tokens} KV tokens per engine, the cache holds {kv.capacity_tokens}"
+        )
     ctx = Part("CUDA context", CUDA_CONTEXT_GIB, "per process, outside torch's allocator")
     if config.placement.layout == "separate":
-        learner = GpuPlan(f"learner GPU x{config.placement.learner_gpus}", [*l_parts, ctx], l_peak + CUDA_CONTEXT_GIB, gpu_gib,
-                          {"update": l_peak + CUDA_CONTEXT_GIB})
-        rollout = GpuPlan(f"rollout GPU x{config.placement.rollout_gpus * config.rollout.num_engines}", [*r_parts, ctx],
-                          vllm_awake + CUDA_CONTEXT_GIB, gpu_gib, {"generate": vllm_awake + CUDA_CONTEXT_GIB})
+        learner = GpuPlan(
+            f"learner GPU x{config.placement.learner_gpus}",
+            [*l_parts, ctx],
+            l_peak + CUDA_CONTEXT_GIB,
+            gpu_gib,
+            {"update": l_peak + CUDA_CONTEXT_GIB},
+        )
+        rollout = GpuPlan(
+            f"rollout GPU x{config.placement.rollout_gpus * config.rollout.num_engines}",
+            [*r_parts, ctx],
+            vllm_awake + CUDA_CONTEXT_GIB,
+            gpu_gib,
+            {"generate": vllm_awake + CUDA_CONTEXT_GIB},
+        )
         return MemoryPlan([learner, rollout], l_peak, kv, notes)
     # Colocated: vLLM generates while the learner's state stays resident; then the learner updates beside a sleeping (or awake) vLLM.
     vllm_during_update = VLLM_ASLEEP_GIB if config.rollout.sleep_during_update else vllm_awake
     generate = vllm_awake + resident_between_updates(l_parts) + 2 * CUDA_CONTEXT_GIB
     update = l_peak + vllm_during_update + 2 * CUDA_CONTEXT_GIB
-    asleep = Part("vLLM asleep (during the update)", VLLM_ASLEEP_GIB, "context + CUDA graphs kept by sleep level 1") if config.rollout.sleep_during_update else None
-    parts = [*l_parts, *r_parts, *([asleep] if asleep else []), Part("CUDA contexts", 2 * CUDA_CONTEXT_GIB, "learner + vLLM")]
-    shared = GpuPlan(f"shared GPU x{config.placement.learner_gpus} (learner + vLLM)", parts, max(generate, update), gpu_gib,
-                     {"generate": generate, "update": update})
+    asleep = (
+        Part("vLLM asleep (during the update)", VLLM_ASLEEP_GIB, "context + CUDA graphs kept by sleep level 1")
+        if config.rollout.sleep_during_update
+        else None
+    )
+    parts = [
+        *l_parts,
+        *r_parts,
+        *([asleep] if asleep else []),
+        Part("CUDA contexts", 2 * CUDA_CONTEXT_GIB, "learner + vLLM"),
+    ]
+    shared = GpuPlan(
+        f"shared GPU x{config.placement.learner_gpus} (learner + vLLM)",
+        parts,
+        max(generate, update),
+        gpu_gib,
+        {"generate": generate, "update": update},
+    )
     return MemoryPlan([shared], l_peak, kv, notes)
 
 
@@ -417,7 +485,9 @@ def candidate_changes(config: Config) -> list[list[str]]:
     return out
 
 
-def smallest_fix(config: Config, gpu_gib: float, reload: Reload, shape: ModelShape, device: str = "cuda") -> list[str] | None:
+def smallest_fix(
+    config: Config, gpu_gib: float, reload: Reload, shape: ModelShape, device: str = "cuda"
+) -> list[str] | None:
     """The first override set (a single change, else changes stacked in order) that makes the plan fit; None if none does.
 
     ``reload(overrides)`` is the config with extra overrides (so the config's
@@ -463,5 +533,7 @@ def refusal(plan: MemoryPlan) -> str:
     """The one line ``aharl train`` and ``aharl plan`` print for a config that does not fit."""
     worst = min(plan.gpus, key=lambda gpu: gpu.headroom_gib)
     fix = f"try {' '.join(plan.fix)}" if plan.fix else "no single change found: use a smaller model or a larger GPU"
-    return (f"the run does not fit: the {worst.label} needs {worst.peak_gib:.1f} GiB of {worst.capacity_gib:g} GiB "
-            f"(usable {worst.usable_gib:.1f}); {fix} (`aharl plan` shows every part)")
+    return (
+        f"the run does not fit: the {worst.label} needs {worst.peak_gib:.1f} GiB of {worst.capacity_gib:g} GiB "
+        f"(usable {worst.usable_gib:.1f}); {fix} (`aharl plan` shows every part)"
+    )

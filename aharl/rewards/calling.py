@@ -65,7 +65,13 @@ class RewardBatch:
     @classmethod
     def of_texts(cls, completions: Sequence[str], answers: Sequence[str]) -> RewardBatch:
         """Completions and gold answers alone (no prompts or ids; ``answer`` the only column)."""
-        return cls(list(completions), list(answers), [[] for _ in completions], [[] for _ in completions], {"answer": list(answers)})
+        return cls(
+            list(completions),
+            list(answers),
+            [[] for _ in completions],
+            [[] for _ in completions],
+            {"answer": list(answers)},
+        )
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -121,7 +127,9 @@ def signature_problem(fn: Callable[..., Any]) -> str | None:
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in names.values())
     if "completions" not in names and not takes_any:
         return f"takes neither (completions, answers) nor a `completions` keyword: its signature is {signature}"
-    positional_only = [n for n, p in names.items() if p.kind is inspect.Parameter.POSITIONAL_ONLY and p.default is p.empty]
+    positional_only = [
+        n for n, p in names.items() if p.kind is inspect.Parameter.POSITIONAL_ONLY and p.default is p.empty
+    ]
     if positional_only:
         return f"has positional-only parameters ({', '.join(positional_only)}) that keywords cannot fill: its signature is {signature}"
     return None
@@ -152,9 +160,15 @@ def invoke(fn: Callable[..., Any], batch: RewardBatch, logs: RewardLogs) -> Any:
 
 def keyword_arguments(fn: Callable[..., Any], batch: RewardBatch, logs: RewardLogs) -> dict[str, Any]:
     """TRL's keywords for ``batch``; a function without ``**kwargs`` gets only those it names."""
-    completions: list[Any] = [[{"role": "assistant", "content": text}] for text in batch.completions] if batch.chat else list(batch.completions)
+    completions: list[Any] = (
+        [[{"role": "assistant", "content": text}] for text in batch.completions]
+        if batch.chat
+        else list(batch.completions)
+    )
     arguments: dict[str, Any] = {
-        name: list(values) for name, values in batch.columns.items() if name not in TRL_SKIPPED_COLUMNS and name not in TRL_KEYWORDS
+        name: list(values)
+        for name, values in batch.columns.items()
+        if name not in TRL_SKIPPED_COLUMNS and name not in TRL_KEYWORDS
     }
     arguments.update(
         prompts=[list(p) if isinstance(p, list) else p for p in batch.prompts],

@@ -92,13 +92,19 @@ def load_user_function(spec: str) -> RewardFn:
     except BaseException as exc:  # user code: a syntax error, a missing import, sys.exit(), anything
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise ConfigError("rewards.functions", f"entry {spec!r} failed to import: {type(exc).__name__}: {first_line(str(exc))}", fix) from None
+        raise ConfigError(
+            "rewards.functions", f"entry {spec!r} failed to import: {type(exc).__name__}: {first_line(str(exc))}", fix
+        ) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError("rewards.functions", f"entry {spec!r}: {target} has no function {attr!r}", fix)
     problem = signature_problem(fn)
     if problem:
-        raise ConfigError("rewards.functions", f"entry {spec!r} {problem}", "define it as def f(completions, answers), or as TRL does: def f(prompts, completions, **kwargs), returning one float per completion")
+        raise ConfigError(
+            "rewards.functions",
+            f"entry {spec!r} {problem}",
+            "define it as def f(completions, answers), or as TRL does: def f(prompts, completions, **kwargs), returning one float per completion",
+        )
     return fn
 
 
@@ -115,7 +121,9 @@ def check_reward_config(config: Config) -> None:
         raise ConfigError("rewards.functions", exc.problem, exc.fix) from None
     for name in config.rewards.weights:
         if name not in names:
-            raise ConfigError(f"rewards.weights.{name}", "names no configured reward function", f"use one of: {', '.join(names)}")
+            raise ConfigError(
+                f"rewards.weights.{name}", "names no configured reward function", f"use one of: {', '.join(names)}"
+            )
 
 
 def check_reward_columns(entries: Sequence[str], columns: Iterable[str], source: str) -> None:

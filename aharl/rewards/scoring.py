@@ -40,7 +40,9 @@ def call_reward(name: str, fn: RewardFn, batch: RewardBatch, logs: RewardLogs | 
     missing = [c for c in required_columns(fn) if c not in batch.columns]
     if missing:
         have = ", ".join(batch.columns) or "none"
-        raise RewardError(f"reward function `{name}` needs the data column {missing[0]!r}, which the rows do not have (they have: {have}); give it a default or use a column the data has")
+        raise RewardError(
+            f"reward function `{name}` needs the data column {missing[0]!r}, which the rows do not have (they have: {have}); give it a default or use a column the data has"
+        )
     try:
         returned = invoke(fn, batch, logs if logs is not None else RewardLogs())
     except Exception as exc:  # user code may raise anything
@@ -50,10 +52,14 @@ def call_reward(name: str, fn: RewardFn, batch: RewardBatch, logs: RewardLogs | 
     if returned is None:
         raise RewardError(f"reward function `{name}` returned None (a missing return statement?); {fix}")
     if isinstance(returned, _NOT_A_LIST) or not isinstance(returned, Iterable):
-        raise RewardError(f"reward function `{name}` returned a {type(returned).__name__} ({first_line(repr(returned), 60)}), not a list; {fix}")
+        raise RewardError(
+            f"reward function `{name}` returned a {type(returned).__name__} ({first_line(repr(returned), 60)}), not a list; {fix}"
+        )
     values = list(returned)
     if len(values) != count:
-        raise RewardError(f"reward function `{name}` returned {len(values)} values for {count} completions; return one float per completion")
+        raise RewardError(
+            f"reward function `{name}` returned {len(values)} values for {count} completions; return one float per completion"
+        )
     floats = []
     for position, value in enumerate(values):
         if value is None:  # the function does not apply to this row
@@ -63,9 +69,13 @@ def call_reward(name: str, fn: RewardFn, batch: RewardBatch, logs: RewardLogs | 
             number = float(value)
         except (TypeError, ValueError):
             shown = first_line(repr(value), 60)
-            raise RewardError(f"reward function `{name}` returned a non-number at position {position} ({shown}); {fix}") from None
+            raise RewardError(
+                f"reward function `{name}` returned a non-number at position {position} ({shown}); {fix}"
+            ) from None
         if not math.isfinite(number):
-            raise RewardError(f"reward function `{name}` returned {number} (NaN or infinity) at position {position}; return finite floats, or None for a row it does not apply to")
+            raise RewardError(
+                f"reward function `{name}` returned {number} (NaN or infinity) at position {position}; return finite floats, or None for a row it does not apply to"
+            )
         floats.append(number)
     return floats
 
@@ -102,7 +112,10 @@ def score_batch(
         for i in range(len(batch))
     ]
     # A log_extra column cut or filled with None to one value per completion (user code may log any number).
-    logs.extras = {column: list(values[: len(batch)]) + [None] * max(0, len(batch) - len(values)) for column, values in logs.extras.items()}
+    logs.extras = {
+        column: list(values[: len(batch)]) + [None] * max(0, len(batch) - len(values))
+        for column, values in logs.extras.items()
+    }
     return RewardScores(per_function, total, errors, logs)
 
 

@@ -48,7 +48,9 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
         """``settings.n`` completions for each prompt, in prompt order."""
 
-    def completion_logprobs(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
+    def completion_logprobs(
+        self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]
+    ) -> list[list[float]]:
         """Log-probs of each completion's tokens after its prompt (temperature 1)."""
 
     def sleep(self, keep_weights: bool = True) -> None:

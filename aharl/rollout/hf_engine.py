@@ -15,13 +15,15 @@ import torch
 from aharl.config import Config
 from aharl.device import rollout_dtype
 from aharl.errors import AharlError
-from aharl.modelhub import resolve_model_path
-from aharl.rollout.engine import SamplingSettings
 from aharl.grpo.batch import pad_sequences
 from aharl.grpo.logprobs import token_logprobs
+from aharl.modelhub import resolve_model_path
+from aharl.rollout.engine import SamplingSettings
 from aharl.types import Completion, Prompt, RolloutGroup
 
-GPU_SYNC_UNSUPPORTED = "rollout.backend=hf takes weights through shared-memory files only; set sync.method=shm (or auto)"
+GPU_SYNC_UNSUPPORTED = (
+    "rollout.backend=hf takes weights through shared-memory files only; set sync.method=shm (or auto)"
+)
 
 
 class HFEngine:
@@ -60,7 +62,9 @@ class HFEngine:
             output_logits=True,
             return_dict_in_generate=True,
         )
-        out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), generation_config=generation)
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), generation_config=generation
+        )
         new_tokens = out.sequences[:, width:].cpu()  # [S, T]
         logits = torch.stack(out.logits, dim=1).float().cpu()  # [S, T, V], raw (before temperature)
         logp = token_logprobs(logits, new_tokens)  # [S, T]
@@ -68,18 +72,26 @@ class HFEngine:
         for row, row_logp in zip(new_tokens.tolist(), logp):
             length = completion_length(row, self.eos_id, settings.ignore_eos)
             ids = row[:length]
-            finish = "stop" if length < len(row) or (ids and ids[-1] == self.eos_id and not settings.ignore_eos) else "length"
+            finish = (
+                "stop"
+                if length < len(row) or (ids and ids[-1] == self.eos_id and not settings.ignore_eos)
+                else "length"
+            )
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             completions.append(Completion(ids, text, finish, row_logp[:length].tolist()))
         n = settings.n
         return [RolloutGroup(p, completions[i * n : (i + 1) * n]) for i, p in enumerate(prompts)]
 
     @torch.no_grad()
-    def completion_logprobs(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
+    def completion_logprobs(
+        self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]
+    ) -> list[list[float]]:
         ids, attention, positions, comp, _ = pad_sequences(prompt_ids, completion_ids, self.pad_id)
         logits = self.model(
-            input_ids=ids.to(self.device), attention_mask=attention.to(self.device),
-            position_ids=positions.to(self.device), logits_to_keep=comp.shape[1] + 1,
+            input_ids=ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            position_ids=positions.to(self.device),
+            logits_to_keep=comp.shape[1] + 1,
         ).logits[:, :-1]
         logp = token_logprobs(logits, comp.to(self.device)).float().cpu()
         return [row[: len(c)].tolist() for row, c in zip(logp, completion_ids)]

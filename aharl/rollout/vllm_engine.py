@@ -203,7 +203,9 @@ class VLLMEngine:
             )
             for prompt in prompts
         ]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False
+        )
         groups = []
         for prompt, output in zip(prompts, outputs):
             completions = []
@@ -214,7 +216,9 @@ class VLLMEngine:
             groups.append(RolloutGroup(prompt, completions))
         return groups
 
-    def completion_logprobs(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
+    def completion_logprobs(
+        self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]
+    ) -> list[list[float]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -284,4 +288,3 @@ class VLLMEngine:
 
     def parameter_checksum(self) -> float:
         return self.llm.collective_rpc("parameter_checksum")[0]
-

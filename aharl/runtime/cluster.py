@@ -22,15 +22,15 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from aharl import faults
 from aharl.config import Config
 from aharl.errors import AharlError, RunFault, first_line
-from aharl.runtime.logs import logged_actor
-from aharl.runtime.placement import ActorSlot, Layout, plan_layout
+from aharl.grpo.batch import MicroBatch, rank_share
+from aharl.learner.learner import Learner, sync_metrics
 from aharl.rollout.engine import SamplingSettings, engine_class
 from aharl.rollout.vllm_engine import CORE_SHARE_ENV, rollout_workers
+from aharl.runtime.logs import logged_actor
+from aharl.runtime.placement import ActorSlot, Layout, plan_layout
 from aharl.runtime.rendezvous import bundle_nodes, rendezvous
 from aharl.runtime.topology import SyncChoice, Topology, choose_sync, probe_topology
 from aharl.runtime.weight_sync import TRANSPORTS, wait_for
-from aharl.grpo.batch import MicroBatch, rank_share
-from aharl.learner.learner import Learner, sync_metrics
 from aharl.types import Prompt, RolloutGroup
 
 PLACEMENT_TIMEOUT_S = 120
@@ -85,7 +85,10 @@ def pool_rank_metrics(results: list[dict[str, float]], num_engines: int) -> dict
     """One step's metrics from every learner rank's: the loss adds up (each rank's is its share of the whole),
     the sync gap is pooled per engine over all ranks' tokens, the rest are means over ranks."""
     raw = [{k: v for k, v in r.items() if k.startswith("_sync/")} for r in results]
-    plain = [{k: v for k, v in r.items() if not k.startswith("_sync/") and not k.startswith("sync/logp_diff")} for r in results]
+    plain = [
+        {k: v for k, v in r.items() if not k.startswith("_sync/") and not k.startswith("sync/logp_diff")}
+        for r in results
+    ]
     merged = {k: sum(r[k] for r in plain) / len(plain) for k in plain[0]}
     merged["loss"] = sum(r["loss"] for r in plain)
     diffs: dict[int, float] = {}
@@ -131,7 +134,11 @@ def across_nodes(choice: SyncChoice, config: Config, layout: Layout, nodes: dict
             f"sync.method={config.sync.method} needs each rollout engine on its learner's node, but engine {apart[0]} was placed on "
             "another node; use sync.method=auto (the collective transport across nodes) or pin both with placement.*_resources"
         )
-    return SyncChoice("nccl", f"rollout engine {apart[0]} is on another node than its learner: collective transport across nodes", choice.env)
+    return SyncChoice(
+        "nccl",
+        f"rollout engine {apart[0]} is on another node than its learner: collective transport across nodes",
+        choice.env,
+    )
 
 
 @dataclass
@@ -174,9 +181,12 @@ class Cluster:
         env = self.sync_choice.env
         self.device = device
         self._engine_cls = engine_class(config.rollout.backend)
-        shares = engine_core_shares([nodes[slot.bundle_index] for slot in self.layout.rollouts]) if device != "cuda" else {}
+        shares = (
+            engine_core_shares([nodes[slot.bundle_index] for slot in self.layout.rollouts]) if device != "cuda" else {}
+        )
         self._engine_env = [{**rollout_env(), **env, **shares.get(e, {})} for e in range(len(self.layout.rollouts))]
         self.rollouts = [self._start_engine(e) for e in range(len(self.layout.rollouts))]
+
         # On CPU the KV budget is explicit bytes, not a share of free memory, so
         # the learners start beside the engines (their imports overlap: ~10 s).
         def engines_ready() -> None:
@@ -225,7 +235,9 @@ class Cluster:
 
     def _start_engine(self, e: int):
         slot = self.layout.rollouts[e]
-        return self._place(self._engine_cls, slot, "rollout" if e == 0 else f"rollout-{e}", self._engine_env[e]).remote(self.config, self.device)
+        return self._place(self._engine_cls, slot, "rollout" if e == 0 else f"rollout-{e}", self._engine_env[e]).remote(
+            self.config, self.device
+        )
 
     def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[RolloutGroup]:
         """The prompts split in order across the engines, the groups gathered back in the same order, each tagged with its engine.
@@ -239,7 +251,11 @@ class Cluster:
     def start_generation(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> "PendingGeneration":
         """Send the prompts to the engines and return at once (a one-step-off rollout runs this beside the update)."""
         shares = split_evenly(list(prompts), len(self.rollouts))
-        calls = [(e, share, rollout.generate.remote(share, settings)) for e, (rollout, share) in enumerate(zip(self.rollouts, shares)) if share]
+        calls = [
+            (e, share, rollout.generate.remote(share, settings))
+            for e, (rollout, share) in enumerate(zip(self.rollouts, shares))
+            if share
+        ]
         return PendingGeneration(calls, settings)
 
     def generation_done(self, pending: "PendingGeneration") -> bool:
@@ -259,7 +275,9 @@ class Cluster:
                 try:
                     result = self._generated(engine, self.rollouts[engine].generate.remote(share, pending.settings))
                 except RayActorError as again:
-                    raise RunFault(f"rollout engine {engine} died twice in one step's generation ({actor_death(again)})") from None
+                    raise RunFault(
+                        f"rollout engine {engine} died twice in one step's generation ({actor_death(again)})"
+                    ) from None
             for group in result:
                 group.engine = engine
                 groups.append(group)
@@ -293,11 +311,15 @@ class Cluster:
         try:
             ray.get(self.rollouts[engine].parameter_checksum.remote(), timeout=PLACEMENT_TIMEOUT_S * 5)
         except (RayActorError, ray.exceptions.GetTimeoutError) as exc:
-            raise RunFault(f"rollout engine {engine} died {why} and its replacement did not start ({type(exc).__name__})") from None
+            raise RunFault(
+                f"rollout engine {engine} died {why} and its replacement did not start ({type(exc).__name__})"
+            ) from None
         self.sync_weights()
         self.engine_restarts += 1
 
-    def train_step(self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float) -> dict[str, float]:
+    def train_step(
+        self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float
+    ) -> dict[str, float]:
         """Each learner rank takes an equal, contiguous share of the micro-batches; their metrics are pooled.
 
         A rank that dies ends the run (:class:`RunFault`): the surviving ranks
@@ -306,7 +328,10 @@ class Cluster:
         ``resume=auto`` already does, exactly.
         """
         world = len(self.learners)
-        refs = [learner.train_step.remote(rank_share(micro_batches, r, world), num_sequences, num_tokens) for r, learner in enumerate(self.learners)]
+        refs = [
+            learner.train_step.remote(rank_share(micro_batches, r, world), num_sequences, num_tokens)
+            for r, learner in enumerate(self.learners)
+        ]
         faults.reached("driver.update")
         timeout = self.config.learner.timeout_s
         try:
@@ -345,7 +370,9 @@ class Cluster:
         calls = [learner.completion_logprobs.remote(prompt_ids, completion_ids) for learner in self.learners]
         return wait_for(calls, "learner re-scores completions", self.config.sync.timeout_s)[0]
 
-    def rollout_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], engine: int = 0) -> list[list[float]]:
+    def rollout_logprobs(
+        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], engine: int = 0
+    ) -> list[list[float]]:
         call = self.rollouts[engine].completion_logprobs.remote(prompt_ids, completion_ids)
         return wait_for(call, f"rollout {engine} re-scores completions", self.config.sync.timeout_s)
 
@@ -360,7 +387,13 @@ class Cluster:
         diffs: dict[int, float] = {}
         tokens: dict[int, float] = {}
         for engine in range(len(self.rollouts)):
-            picked = [(g.prompt.token_ids, c.token_ids) for g in groups if g.engine == engine for c in g.completions if c.token_ids][:per_engine]
+            picked = [
+                (g.prompt.token_ids, c.token_ids)
+                for g in groups
+                if g.engine == engine
+                for c in g.completions
+                if c.token_ids
+            ][:per_engine]
             if not picked:
                 continue
             prompt_ids, completion_ids = [p for p, _ in picked], [c for _, c in picked]

@@ -39,7 +39,9 @@ def logged_actor(cls: type, log_file: Path | None) -> type:
         redirect_output(path)
         cls.__init__(self, *args, **kwargs)
 
-    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return type(
+        cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    )
 
 
 def capture_driver_logs(log_dir: Path) -> Path:

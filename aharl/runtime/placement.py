@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from aharl.config import Config
 from aharl.errors import AharlError
 
-
 # Ray counts fractional resources in units of 1e-4: two shares of one GPU fit
 # only if their unit counts add up to at most this.
 GPU_SHARE_UNITS = 10_000
@@ -78,10 +77,24 @@ def plan_layout(config: Config, device: str) -> Layout:
     if device != "cuda":
         if p.layout == "colocate":
             count = max(ranks, engines)
-            bundles = [_with({"CPU": 1.0}, lres if i < ranks else {}, rres if i < engines else {}) for i in range(count)]
-            return Layout(bundles, [ActorSlot(i, 0.5, 0.0) for i in range(ranks)], [ActorSlot(e, 0.5, 0.0) for e in range(engines)], "PACK")
-        bundles = [_with({"CPU": 0.5}, lres) for _ in range(ranks)] + [_with({"CPU": 0.5}, rres) for _ in range(engines)]
-        return Layout(bundles, [ActorSlot(i, 0.5, 0.0) for i in range(ranks)], [ActorSlot(ranks + e, 0.5, 0.0) for e in range(engines)], "PACK")
+            bundles = [
+                _with({"CPU": 1.0}, lres if i < ranks else {}, rres if i < engines else {}) for i in range(count)
+            ]
+            return Layout(
+                bundles,
+                [ActorSlot(i, 0.5, 0.0) for i in range(ranks)],
+                [ActorSlot(e, 0.5, 0.0) for e in range(engines)],
+                "PACK",
+            )
+        bundles = [_with({"CPU": 0.5}, lres) for _ in range(ranks)] + [
+            _with({"CPU": 0.5}, rres) for _ in range(engines)
+        ]
+        return Layout(
+            bundles,
+            [ActorSlot(i, 0.5, 0.0) for i in range(ranks)],
+            [ActorSlot(ranks + e, 0.5, 0.0) for e in range(engines)],
+            "PACK",
+        )
     if p.layout == "colocate":
         if engines > ranks:
             raise AharlError(
@@ -89,10 +102,18 @@ def plan_layout(config: Config, device: str) -> Layout:
                 "use at most one engine per learner GPU, or placement.layout=separate"
             )
         learner_share, rollout_share = split_gpu(config.rollout.gpu_memory_utilization)
-        bundles = [_with({"GPU": 1.0, "CPU": 2.0 if i < engines else 1.0}, lres, rres if i < engines else {}) for i in range(ranks)]
+        bundles = [
+            _with({"GPU": 1.0, "CPU": 2.0 if i < engines else 1.0}, lres, rres if i < engines else {})
+            for i in range(ranks)
+        ]
         learners = [ActorSlot(i, 1.0, learner_share if i < engines else 1.0) for i in range(ranks)]
         # One node unless the job asks for more GPUs than a node has: then PACK spreads the bundles.
-        return Layout(bundles, learners, [ActorSlot(e, 1.0, rollout_share) for e in range(engines)], "STRICT_PACK" if ranks == 1 else "PACK")
+        return Layout(
+            bundles,
+            learners,
+            [ActorSlot(e, 1.0, rollout_share) for e in range(engines)],
+            "STRICT_PACK" if ranks == 1 else "PACK",
+        )
     bundles = [_with({"GPU": 1.0, "CPU": 1.0}, lres) for _ in range(ranks)]
     bundles += [_with({"GPU": float(p.rollout_gpus), "CPU": 1.0}, rres) for _ in range(engines)]
     learners = [ActorSlot(i, 1.0, 1.0) for i in range(ranks)]

@@ -98,7 +98,9 @@ def _host_and_port(text: str, address: str) -> tuple[str, int]:
     host, sep, port_text = text.rstrip("/").rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise AharlError(f"RAY_ADDRESS={address} is not HOST:PORT; set it to the head node's GCS address, e.g. 10.0.0.1:6379, or {_UNSET}")
+        raise AharlError(
+            f"RAY_ADDRESS={address} is not HOST:PORT; set it to the head node's GCS address, e.g. 10.0.0.1:6379, or {_UNSET}"
+        )
     return host, int(port_text)
 
 

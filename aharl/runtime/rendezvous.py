@@ -46,7 +46,9 @@ def _node_ip_and_free_port() -> tuple[str, int]:
     return ray.util.get_node_ip_address(), free_port()
 
 
-def rendezvous(pg: PlacementGroup, host_bundle: int, member_bundles: Sequence[int], timeout_s: float) -> tuple[str, int]:
+def rendezvous(
+    pg: PlacementGroup, host_bundle: int, member_bundles: Sequence[int], timeout_s: float
+) -> tuple[str, int]:
     """(address, port) for a group hosted in ``host_bundle`` of ``pg`` with members in ``member_bundles``.
 
     A zero-CPU task placed in the host's bundle reads its node's address and
@@ -59,5 +61,7 @@ def rendezvous(pg: PlacementGroup, host_bundle: int, member_bundles: Sequence[in
     try:
         host_ip, port = ray.get(probe.remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
-        raise AharlError(f"could not reach the node of placement bundle {host_bundle} within {timeout_s:g}s to pick a rendezvous port") from None
+        raise AharlError(
+            f"could not reach the node of placement bundle {host_bundle} within {timeout_s:g}s to pick a rendezvous port"
+        ) from None
     return meeting_address(bundle_nodes(pg), host_bundle, member_bundles, host_ip), port

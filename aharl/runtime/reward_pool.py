@@ -19,11 +19,11 @@ from typing import Sequence
 
 from aharl import faults
 from aharl.config import RewardsConfig
-from aharl.runtime.logs import logged_actor
 from aharl.rewards.calling import RewardBatch, RewardLogs, RewardStep
 from aharl.rewards.registry import resolve_reward_functions
 from aharl.rewards.scoring import RewardScores, reward_batch, split_by_group
 from aharl.rewards.worker import RewardWorker
+from aharl.runtime.logs import logged_actor
 from aharl.types import RolloutGroup, ScoredGroup
 
 log = logging.getLogger("aharl.rewards")
@@ -41,14 +41,18 @@ class RewardPool:
         self.names = [name for name, _ in resolve_reward_functions(config.functions)]
         # No GPU for reward code: Ray leaves CUDA_VISIBLE_DEVICES unset for 0-GPU
         # actors, so a user reward that touches CUDA would land on GPU 0 beside vLLM.
-        self._actor_class = ray.remote(num_cpus=0, max_restarts=0, runtime_env={"env_vars": REWARD_WORKER_ENV})(logged_actor(RewardWorker, log_dir / "rewards.log" if log_dir is not None else None))
+        self._actor_class = ray.remote(num_cpus=0, max_restarts=0, runtime_env={"env_vars": REWARD_WORKER_ENV})(
+            logged_actor(RewardWorker, log_dir / "rewards.log" if log_dir is not None else None)
+        )
         self.workers = [self._spawn() for _ in range(config.num_workers)]
         self._reported: set[str] = set()
 
     def _spawn(self):
         return self._actor_class.remote(self.config.functions, self.config.weights)
 
-    def score_groups(self, groups: Sequence[RolloutGroup], step: RewardStep = RewardStep()) -> tuple[list[ScoredGroup], dict[str, float]]:
+    def score_groups(
+        self, groups: Sequence[RolloutGroup], step: RewardStep = RewardStep()
+    ) -> tuple[list[ScoredGroup], dict[str, float]]:
         """Rewards for every completion of every group, and the step's error counts and logged metrics."""
         scores, metrics = self.score(reward_batch(groups, step))
         return split_by_group(groups, scores), metrics
@@ -67,7 +71,11 @@ class RewardPool:
         for i, (ref, (a, b)) in enumerate(zip(refs, chunks)):
             result = None
             if ref not in ready_set:
-                self._fail(failures, "timeout", f"reward call on {b - a} completions ran past rewards.timeout_s={self.config.timeout_s}s; worker replaced, rows scored 0")
+                self._fail(
+                    failures,
+                    "timeout",
+                    f"reward call on {b - a} completions ran past rewards.timeout_s={self.config.timeout_s}s; worker replaced, rows scored 0",
+                )
                 ray.kill(self.workers[i], no_restart=True)
                 self.workers[i] = self._spawn()
             else:
@@ -79,7 +87,9 @@ class RewardPool:
                         result = ray.get(self.workers[i].score.remote(batch.slice(a, b)), timeout=self.config.timeout_s)
                         self._fail(failures, "worker_restarted", "a reward worker died; replaced and its chunk retried")
                     except (RayActorError, GetTimeoutError):
-                        self._fail(failures, "worker_died", "a reward worker died twice on the same chunk; rows scored 0")
+                        self._fail(
+                            failures, "worker_died", "a reward worker died twice on the same chunk; rows scored 0"
+                        )
             if result is None:
                 result = RewardScores({n: [0.0] * (b - a) for n in self.names}, [0.0] * (b - a), {})
             for name, message in result.errors.items():

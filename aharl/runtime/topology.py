@@ -69,11 +69,17 @@ def choose_sync(config: Config, device: str, topology: Topology) -> SyncChoice:
         if topology.cuda_ipc is False:
             where = "WSL" if topology.wsl else "this machine (a VM, MIG slice or driver setting)"
             return SyncChoice("shm", f"CUDA IPC is refused on {where}: staging the weights through shared memory")
-        return SyncChoice(method, "learner and vLLM share one GPU" + ("" if topology.cuda_ipc else "; CUDA IPC not probed"))
+        return SyncChoice(
+            method, "learner and vLLM share one GPU" + ("" if topology.cuda_ipc else "; CUDA IPC not probed")
+        )
     if topology.peer_to_peer is False:
-        return SyncChoice(method, "no peer-to-peer path between the GPUs: NCCL goes through host memory", {"NCCL_P2P_DISABLE": "1"})
+        return SyncChoice(
+            method, "no peer-to-peer path between the GPUs: NCCL goes through host memory", {"NCCL_P2P_DISABLE": "1"}
+        )
     if topology.peer_to_peer is None and consumer_cards(topology.gpu_names):
-        return SyncChoice(method, f"consumer cards ({topology.gpu_names[0]}) with peer-to-peer unverified", {"NCCL_P2P_DISABLE": "1"})
+        return SyncChoice(
+            method, f"consumer cards ({topology.gpu_names[0]}) with peer-to-peer unverified", {"NCCL_P2P_DISABLE": "1"}
+        )
     return SyncChoice(method, "learner and vLLM on their own GPUs")
 
 

@@ -93,9 +93,14 @@ class ShmSync(WeightSync):
         self.directory = Path(shared_memory_dir()) / f"aharl-{self.run_id}"
 
     def transfer(self) -> int:
-        paths = self.wait([learner.export_weight_files.remote(str(self.directory)) for learner in self.learners], "learner writes buckets")[0]
+        paths = self.wait(
+            [learner.export_weight_files.remote(str(self.directory)) for learner in self.learners],
+            "learner writes buckets",
+        )[0]
         try:
-            return self.wait([rollout.load_weight_files.remote(paths) for rollout in self.rollouts], "rollout loads buckets")[0]
+            return self.wait(
+                [rollout.load_weight_files.remote(paths) for rollout in self.rollouts], "rollout loads buckets"
+            )[0]
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -114,12 +119,21 @@ class CudaIpcSync(WeightSync):
         engines = len(self.rollouts)
         buckets = self.wait(self.learners[0].weight_buckets.remote(), "plan buckets")
         for index in range(len(buckets)):
-            handles = self.wait([learner.export_cuda_ipc_bucket.remote(index, rank < engines) for rank, learner in enumerate(self.learners)],
-                                f"learner packs bucket {index}")
+            handles = self.wait(
+                [
+                    learner.export_cuda_ipc_bucket.remote(index, rank < engines)
+                    for rank, learner in enumerate(self.learners)
+                ],
+                f"learner packs bucket {index}",
+            )
             final = index == len(buckets) - 1
             # An engine without a rank of its own (more engines than ranks: CPU only) maps rank 0's.
-            loads = [rollout.load_cuda_ipc_bucket.remote(handles[e] if e < len(handles) and handles[e] else handles[0], final)
-                     for e, rollout in enumerate(self.rollouts)]
+            loads = [
+                rollout.load_cuda_ipc_bucket.remote(
+                    handles[e] if e < len(handles) and handles[e] else handles[0], final
+                )
+                for e, rollout in enumerate(self.rollouts)
+            ]
             count += self.wait(loads, f"rollout loads bucket {index}")[0]
             self.wait([learner.release_cuda_ipc.remote() for learner in self.learners], f"learner frees bucket {index}")
         return count
@@ -144,7 +158,9 @@ class NcclSync(WeightSync):
             address, port = self.meet()
             tp = self.rollout_workers
             world = 1 + len(self.rollouts) * tp
-            joins = [rollout.init_nccl.remote(address, port, 1 + e * tp, world) for e, rollout in enumerate(self.rollouts)]
+            joins = [
+                rollout.init_nccl.remote(address, port, 1 + e * tp, world) for e, rollout in enumerate(self.rollouts)
+            ]
             self.wait([self.learners[0].init_nccl.remote(address, port, world), *joins], "form the group")
             self._connected = True
         meta = self.wait(self.learners[0].weight_meta.remote(), "describe weights")

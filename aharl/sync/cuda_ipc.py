@@ -53,7 +53,9 @@ def from_wire(wire: list[Any], device_index: int) -> tuple:
     args = list(wire)
     for index in (_TENSOR_CLS, _STORAGE_CLS):
         if args[index] not in _CLASSES:
-            raise ValueError(f"a CUDA IPC handle names class {args[index]!r}, which is not one torch rebuilds tensors from")
+            raise ValueError(
+                f"a CUDA IPC handle names class {args[index]!r}, which is not one torch rebuilds tensors from"
+            )
         args[index] = _CLASSES[args[index]]
     args[_SIZE], args[_STRIDE] = torch.Size(args[_SIZE]), tuple(args[_STRIDE])
     args[_DTYPE] = getattr(torch, args[_DTYPE])

@@ -107,7 +107,9 @@ def write_checkpoint(root: Path, step: int, fill: Callable[[Path], None], state:
         shutil.rmtree(staging, ignore_errors=True)
         if full and not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
             # torch.save reports a full disk as "enforce fail ... unexpected pos": say what it is.
-            raise OSError(errno.ENOSPC, f"No space left on device under {root} ({str(exc).strip().splitlines()[-1][:200]})") from exc
+            raise OSError(
+                errno.ENOSPC, f"No space left on device under {root} ({str(exc).strip().splitlines()[-1][:200]})"
+            ) from exc
         raise
     if final.exists():  # the same step saved again (a stop right after a periodic save)
         shutil.rmtree(final)
@@ -157,7 +159,9 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
         if found is not None:
             check_checkpoint(found)
             return found
-    raise AharlError(f"resume={resume}: no checkpoint there; pass runs/NAME/checkpoints/step-N, a run directory (runs/NAME), or resume=auto")
+    raise AharlError(
+        f"resume={resume}: no checkpoint there; pass runs/NAME/checkpoints/step-N, a run directory (runs/NAME), or resume=auto"
+    )
 
 
 # What a training run's checkpoint holds besides the state (see the module docstring).
@@ -187,33 +191,51 @@ def check_checkpoint(path: Path) -> TrainerState:
 def _read_state(path: Path) -> TrainerState:
     state_file = path / STATE_FILE
     if not state_file.is_file():
-        raise AharlError(f"{path} is not a complete aharl checkpoint (no {STATE_FILE}); pass a checkpoints/step-N directory, a run directory, or resume=auto")
+        raise AharlError(
+            f"{path} is not a complete aharl checkpoint (no {STATE_FILE}); pass a checkpoints/step-N directory, a run directory, or resume=auto"
+        )
     try:
         raw = json.loads(state_file.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = f"cut off or not JSON: {exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        reason = (
+            f"cut off or not JSON: {exc.msg} at line {exc.lineno}"
+            if isinstance(exc, json.JSONDecodeError)
+            else "not UTF-8"
+        )
         raise AharlError(f"{state_file} is damaged ({reason}); {_earlier_advice(path)}") from None
     if not isinstance(raw, dict):
-        raise AharlError(f"{state_file} is damaged (a JSON {type(raw).__name__}, not an object); {_earlier_advice(path)}")
+        raise AharlError(
+            f"{state_file} is damaged (a JSON {type(raw).__name__}, not an object); {_earlier_advice(path)}"
+        )
     fields = {f.name: f for f in dataclasses.fields(TrainerState)}
-    required = [name for name, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [name for name in required if name not in raw]
     unknown = sorted(name for name in raw if name not in fields)
     if missing or unknown:
         what = "; ".join(
-            part for part in (
+            part
+            for part in (
                 f"lacks {', '.join(missing)}" if missing else "",
                 f"has fields this aharl does not know ({', '.join(unknown)})" if unknown else "",
-            ) if part
+            )
+            if part
         )
         raise AharlError(f"{state_file} was written by another aharl version: it {what}; {_version_advice(path)}")
     hints = typing.get_type_hints(TrainerState)
     wrong = next((name for name, value in raw.items() if not _fits(value, hints[name])), None)
     if wrong is not None:
-        raise AharlError(f"{state_file} is damaged: {wrong} = {raw[wrong]!r} is not of type {_type_name(hints[wrong])}; {_earlier_advice(path)}")
+        raise AharlError(
+            f"{state_file} is damaged: {wrong} = {raw[wrong]!r} is not of type {_type_name(hints[wrong])}; {_earlier_advice(path)}"
+        )
     lacking = [key for key in SAMPLER_KEYS if key not in raw["sampler"]]
     if lacking:
-        raise AharlError(f"{state_file} was written by another aharl version: its data position (sampler) lacks {', '.join(lacking)}; {_version_advice(path)}")
+        raise AharlError(
+            f"{state_file} was written by another aharl version: its data position (sampler) lacks {', '.join(lacking)}; {_version_advice(path)}"
+        )
     return TrainerState(**raw)
 
 
@@ -264,7 +286,9 @@ def _file_problem(file: Path) -> str | None:
         return None
     size = file.stat().st_size
     if file.suffix != ".safetensors":
-        return None if zipfile.is_zipfile(file) else f"is cut short or damaged ({size} bytes, no zip directory at its end)"
+        return (
+            None if zipfile.is_zipfile(file) else f"is cut short or damaged ({size} bytes, no zip directory at its end)"
+        )
     try:
         with file.open("rb") as f:
             length = int.from_bytes(f.read(8), "little")
@@ -289,7 +313,9 @@ def _earlier_advice(path: Path) -> str:
 
 def _version_advice(path: Path) -> str:
     """What to do about a checkpoint this version cannot read: the version that wrote it, or its weights."""
-    start_from = f"model.path={path / HF_DIR} resume=null" if (path / HF_DIR / "config.json").is_file() else "resume=null"
+    start_from = (
+        f"model.path={path / HF_DIR} resume=null" if (path / HF_DIR / "config.json").is_file() else "resume=null"
+    )
     return f"resume it with the aharl version that wrote it, or start a new run from its weights ({start_from})"
 
 

@@ -30,7 +30,9 @@ def read_eval_file(path: Path) -> dict[str, EvalResult]:
         modes = json.loads(path.read_text())["modes"]
         return {name: EvalResult(name, mode["summary"], mode["records"]) for name, mode in modes.items()}
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise AharlError(f"{path} is not an aharl evaluation file ({type(exc).__name__}: {exc}); write it with aharl eval --output") from None
+        raise AharlError(
+            f"{path} is not an aharl evaluation file ({type(exc).__name__}: {exc}); write it with aharl eval --output"
+        ) from None
 
 
 def run_eval_path(run_dir: Path, label: str) -> Path:

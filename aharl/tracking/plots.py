@@ -17,7 +17,9 @@ from aharl.tracking.metrics import PHASES, reward_function_keys
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
-        raise AharlError(f"{path} does not exist; pass a run directory (runs/NAME) of a run that logged at least one step")
+        raise AharlError(
+            f"{path} does not exist; pass a run directory (runs/NAME) of a run that logged at least one step"
+        )
     rows = list(read_records(path))
     if not rows:
         raise AharlError(f"{path} holds no steps yet")
@@ -87,7 +89,10 @@ def plot_run(run_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     save(fig, "rewards.png")
 
-    for key, title, name in (("kl", "KL to the reference policy (k3, per token)", "kl.png"), ("completion/length", "completion length (tokens)", "length.png")):
+    for key, title, name in (
+        ("kl", "KL to the reference policy (k3, per token)", "kl.png"),
+        ("completion/length", "completion length (tokens)", "length.png"),
+    ):
         fig, ax = plt.subplots(figsize=(6, 4))
         line(ax, key, key)
         if key == "completion/length":
@@ -110,7 +115,11 @@ def plot_run(run_dir: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     save(fig, "timings.png")
 
-    eval_keys = [k for k in ("eval/accuracy_numeric", "eval/accuracy_exact", "eval/format_soft", "eval/format_strict") if series(rows, k)[0]]
+    eval_keys = [
+        k
+        for k in ("eval/accuracy_numeric", "eval/accuracy_exact", "eval/format_soft", "eval/format_strict")
+        if series(rows, k)[0]
+    ]
     if eval_keys:
         fig, ax = plt.subplots(figsize=(6, 4))
         for key in eval_keys:

@@ -34,7 +34,9 @@ def eta_seconds(step_seconds: list[float], remaining_steps: int, window: int = 1
 class Progress:
     """Prints step lines; on a terminal, keeps a tqdm bar below them."""
 
-    def __init__(self, total_steps: int, first_step: int, print_fn: Callable[[str], None], bar: bool | None = None) -> None:
+    def __init__(
+        self, total_steps: int, first_step: int, print_fn: Callable[[str], None], bar: bool | None = None
+    ) -> None:
         """``bar``: None draws one when stdout is a terminal."""
         self.total = total_steps
         self.print_fn = print_fn

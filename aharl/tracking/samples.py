@@ -49,4 +49,3 @@ class SamplesLog:
     def write(self, step: int, scored: Sequence[ScoredGroup], rows: list[dict[str, Any]]) -> None:
         record = {"step": step, "prompt_indices": [sg.group.prompt.index for sg in scored], "samples": rows}
         append_record(self.path, record)
-

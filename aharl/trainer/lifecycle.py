@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from aharl import faults
 from aharl.config import Config, dump_config, load_config
 from aharl.data.sampler import PromptSampler
-from aharl import faults
 from aharl.errors import AharlError, RunFault
 from aharl.evaluation.report import write_report
 from aharl.evaluation.run import GREEDY, evaluate
@@ -184,7 +184,9 @@ class RunLifecycle:
         config, print_fn = self.config, self.print
         # A checkpoint of another run directory starts this one afresh (its logs
         # begin at the checkpoint's next step, its wandb run is a new one).
-        self.continues_run_dir = self.resume_from is not None and self.resume_from.resolve().parent.parent == self.run_dir.resolve()
+        self.continues_run_dir = (
+            self.resume_from is not None and self.resume_from.resolve().parent.parent == self.run_dir.resolve()
+        )
         if self.resume_from is None and config.resume == "auto":
             print_fn(f"resume=auto: no checkpoint in {self.run_dir / 'checkpoints'}; starting at step 1")
         if not self.continues_run_dir:
@@ -210,15 +212,21 @@ class RunLifecycle:
             try:
                 sampler.load_state_dict(state.sampler)
             except ValueError as exc:
-                raise AharlError(f"cannot resume from {self.resume_from}: {exc}; resume with the data settings the run started with") from None
+                raise AharlError(
+                    f"cannot resume from {self.resume_from}: {exc}; resume with the data settings the run started with"
+                ) from None
             if state.total_steps != total_steps:
-                self.print(f"note: the checkpoint's run had {state.total_steps} steps, this config gives {total_steps}; the LR schedule follows the new count")
+                self.print(
+                    f"note: the checkpoint's run had {state.total_steps} steps, this config gives {total_steps}; the LR schedule follows the new count"
+                )
             for name in ("metrics.jsonl", "samples.jsonl"):
                 truncate_after(self.run_dir / name, state.step)
         start_step = self.state.step + 1 if self.state else 1
         self.result.last_step = start_step - 1
         if start_step > total_steps:
-            self.print(f"{self.resume_from} is step {start_step - 1} of {total_steps}: the run is complete (raise learner.max_steps or learner.epochs to train on)")
+            self.print(
+                f"{self.resume_from} is step {start_step - 1} of {total_steps}: the run is complete (raise learner.max_steps or learner.epochs to train on)"
+            )
             self.result.checkpoint = self.resume_from
         return start_step
 
@@ -248,7 +256,9 @@ class RunLifecycle:
 
     # -- with the actors -----------------------------------------------------
 
-    def attach(self, cluster: Any, rewards: Any, tokenizer: Any, sampler: PromptSampler, eval_prompts: Sequence[Prompt]) -> None:
+    def attach(
+        self, cluster: Any, rewards: Any, tokenizer: Any, sampler: PromptSampler, eval_prompts: Sequence[Prompt]
+    ) -> None:
         self.cluster, self.rewards, self.tokenizer = cluster, rewards, tokenizer
         self.sampler, self.eval_prompts = sampler, list(eval_prompts)
         self._loop_started = time.perf_counter()
@@ -281,7 +291,9 @@ class RunLifecycle:
             self.metrics_log.write(step, metrics)
             self.samples_log.write(step, scored, rows)
         except OSError as exc:
-            raise RunFault(f"could not write step {step}'s metrics and samples in {self.run_dir} ({exc}); {self.recovery_hint()}") from None
+            raise RunFault(
+                f"could not write step {step}'s metrics and samples in {self.run_dir} ({exc}); {self.recovery_hint()}"
+            ) from None
         self.wandb.log(step, metrics, rows)
         self.result.history.append(metrics)
         self.result.last_step = step
@@ -328,7 +340,9 @@ class RunLifecycle:
         if self.checkpointed_step != step:
             self.save_checkpoint(step)
         self.result.stopped_by, self.result.exit_code = signal_name, exit_code
-        self.progress.write(f"stopped by {signal_name} after step {step}; continue with: aharl train <config> resume=auto")
+        self.progress.write(
+            f"stopped by {signal_name} after step {step}; continue with: aharl train <config> resume=auto"
+        )
         return self.result
 
     def finish(self) -> None:
@@ -337,7 +351,9 @@ class RunLifecycle:
         try:
             final = self.export_policy(self.run_dir / "final")
         except Exception as exc:
-            raise RunFault(f"could not write the final policy to {self.run_dir / 'final'} ({write_failure(exc)}); {self.recovery_hint()}") from None
+            raise RunFault(
+                f"could not write the final policy to {self.run_dir / 'final'} ({write_failure(exc)}); {self.recovery_hint()}"
+            ) from None
         self.print(f"policy saved to {final}")
         if self.eval_prompts:
             after = self.run_eval("after", updates=self.result.last_step)
@@ -347,11 +363,19 @@ class RunLifecycle:
             before_file = run_eval_path(self.run_dir, "before")
             if before_file.is_file():
                 before = read_eval_file(before_file)["greedy"]
-                md, page = write_report(self.run_dir, f"{self.run_dir.name}: before and after training", before, after, self.config.eval.report_questions)
+                md, page = write_report(
+                    self.run_dir,
+                    f"{self.run_dir.name}: before and after training",
+                    before,
+                    after,
+                    self.config.eval.report_questions,
+                )
                 self.print(f"before/after report: {md} and {page}")
         if self.config.logging.plots:
             self._plot()
-        self.print(f"trained {self.total_steps} step{'s' if self.total_steps != 1 else ''} in {format_duration(self._elapsed())}")
+        self.print(
+            f"trained {self.total_steps} step{'s' if self.total_steps != 1 else ''} in {format_duration(self._elapsed())}"
+        )
 
     def close(self) -> None:
         if self.progress is not None:
@@ -368,10 +392,18 @@ class RunLifecycle:
         """Greedy answers of the current policy (after ``updates`` updates) to the held-out questions, saved as ``eval/<label>.json``."""
         step = RewardStep(global_step=updates, max_steps=self.total_steps)
         evaluation = evaluate(
-            self.cluster.generate, lambda groups: self.rewards.score_groups(groups, step)[0], self.eval_prompts, GREEDY,
-            max_tokens=self.config.rollout.max_tokens, seed=self.config.rollout.seed,
+            self.cluster.generate,
+            lambda groups: self.rewards.score_groups(groups, step)[0],
+            self.eval_prompts,
+            GREEDY,
+            max_tokens=self.config.rollout.max_tokens,
+            seed=self.config.rollout.seed,
         )
-        write_eval_file(run_eval_path(self.run_dir, label), {evaluation.mode: evaluation}, {"label": label, "model": self.config.model.path})
+        write_eval_file(
+            run_eval_path(self.run_dir, label),
+            {evaluation.mode: evaluation},
+            {"label": label, "model": self.config.model.path},
+        )
         s = evaluation.summary
         self.print(
             f"eval {label}: accuracy {s['accuracy_numeric']:.3f} numeric, {s['accuracy_exact']:.3f} exact | format strict "
@@ -389,13 +421,23 @@ class RunLifecycle:
             (staging / "config.yaml").write_text(dump_config(self.config))
 
         state = ckpt.TrainerState(
-            step=step, total_steps=self.total_steps, sampler=self.sampler.state_dict(),
-            elapsed_s=self._elapsed(), wandb_run_id=self.wandb.run_id, skipped_steps=self.skipped_steps,
+            step=step,
+            total_steps=self.total_steps,
+            sampler=self.sampler.state_dict(),
+            elapsed_s=self._elapsed(),
+            wandb_run_id=self.wandb.run_id,
+            skipped_steps=self.skipped_steps,
         )
         try:
-            path = ckpt.write_checkpoint(self.run_dir / "checkpoints", step, fill, state, self.config.checkpoint.keep_last)
-        except Exception as exc:  # a full disk or a failing write, here or in a learner rank (torch.save says RuntimeError)
-            raise RunFault(f"could not write the step-{step} checkpoint ({write_failure(exc)}); it was discarded; {self.recovery_hint()}") from None
+            path = ckpt.write_checkpoint(
+                self.run_dir / "checkpoints", step, fill, state, self.config.checkpoint.keep_last
+            )
+        except (
+            Exception
+        ) as exc:  # a full disk or a failing write, here or in a learner rank (torch.save says RuntimeError)
+            raise RunFault(
+                f"could not write the step-{step} checkpoint ({write_failure(exc)}); it was discarded; {self.recovery_hint()}"
+            ) from None
         self.progress.write(f"checkpoint: {path} ({time.perf_counter() - began:.1f}s)")
         self.result.checkpoint, self.checkpointed_step = path, step
         return path
@@ -415,6 +457,8 @@ class RunLifecycle:
 
             paths = plot_run(self.run_dir)
         except ImportError:
-            self.print("plots skipped: matplotlib is not installed (pip install 'aharl[track]'; then aharl plot RUN_DIR)")
+            self.print(
+                "plots skipped: matplotlib is not installed (pip install 'aharl[track]'; then aharl plot RUN_DIR)"
+            )
         else:
             self.print(f"plots: {paths[0].parent}/ ({', '.join(p.name for p in paths)})")

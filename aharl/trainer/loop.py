@@ -101,14 +101,26 @@ def grpo_step(
     resampling: dict[str, float] = {}
     if g.dynamic_sampling_max_rounds and draw_prompts is not None:
         scored, resampling = fill_with_informative_groups(
-            scored, lambda: sample_and_score(draw_prompts()), target=len(scored), group_size=config.rollout.n, max_rounds=g.dynamic_sampling_max_rounds
+            scored,
+            lambda: sample_and_score(draw_prompts()),
+            target=len(scored),
+            group_size=config.rollout.n,
+            max_rounds=g.dynamic_sampling_max_rounds,
         )
 
     totals = torch.tensor([r for sg in scored for r in sg.total])  # [prompts * G]
-    advantages = group_advantages(totals, config.rollout.n, scale_by_std=g.scale_advantages_by_std, stats=g.advantage_stats, eps=g.advantage_eps)  # [prompts * G]
+    advantages = group_advantages(
+        totals, config.rollout.n, scale_by_std=g.scale_advantages_by_std, stats=g.advantage_stats, eps=g.advantage_eps
+    )  # [prompts * G]
     lc = config.learner
     micro_batches = build_micro_batches(
-        scored, advantages, lc.micro_batch_prompts, pad_id, packing=lc.packing, max_tokens=lc.max_tokens_per_micro_batch, world_size=config.placement.learner_gpus
+        scored,
+        advantages,
+        lc.micro_batch_prompts,
+        pad_id,
+        packing=lc.packing,
+        max_tokens=lc.max_tokens_per_micro_batch,
+        world_size=config.placement.learner_gpus,
     )
     num_tokens = float(sum(mb.completion_mask.sum().item() for mb in micro_batches))
 
@@ -166,7 +178,12 @@ def _console(line: str) -> None:
     print(line, flush=True)
 
 
-def train(config: Config, print_fn: Callable[[str], None] | None = None, progress_bar: bool | None = None, library_logs: bool = False) -> RunResult:
+def train(
+    config: Config,
+    print_fn: Callable[[str], None] | None = None,
+    progress_bar: bool | None = None,
+    library_logs: bool = False,
+) -> RunResult:
     """Run (or resume) GRPO training as ``config`` says; returns where the outputs are.
 
     ``print_fn`` receives the human-readable lines (default: stdout); the
@@ -186,7 +203,9 @@ def train(config: Config, print_fn: Callable[[str], None] | None = None, progres
         run.close()
 
 
-def _train(config: Config, run: RunLifecycle, device: str, print_fn: Callable[[str], None], library_logs: bool) -> RunResult:
+def _train(
+    config: Config, run: RunLifecycle, device: str, print_fn: Callable[[str], None], library_logs: bool
+) -> RunResult:
     log_dir = run.run_dir / "logs" if library_logs else None
     if log_dir is not None:
         capture_driver_logs(log_dir)
@@ -200,13 +219,23 @@ def _train(config: Config, run: RunLifecycle, device: str, print_fn: Callable[[s
     check_reward_columns(config.rewards.functions, prompts[0].columns, config.data.source)
     prompts, eval_prompts = eval_prompt_set(config, tokenizer, prompts)
     if eval_prompts:
-        held = "held out of the training data" if config.eval.source is None else f"from {config.eval.source} ({config.eval.split})"
+        held = (
+            "held out of the training data"
+            if config.eval.source is None
+            else f"from {config.eval.source} ({config.eval.split})"
+        )
         print_fn(f"eval: {len(eval_prompts)} questions {held}")
     lc = config.learner
     if len(prompts) < lc.prompts_per_step:
-        raise DataError(f"{len(prompts)} prompts cannot fill one step of learner.prompts_per_step={lc.prompts_per_step}")
+        raise DataError(
+            f"{len(prompts)} prompts cannot fill one step of learner.prompts_per_step={lc.prompts_per_step}"
+        )
     sampler = PromptSampler(len(prompts), lc.prompts_per_step, seed=config.data.seed, shuffle=config.data.shuffle)
-    total_steps = lc.epochs * sampler.steps_per_epoch if lc.max_steps is None else min(lc.epochs * sampler.steps_per_epoch, lc.max_steps)
+    total_steps = (
+        lc.epochs * sampler.steps_per_epoch
+        if lc.max_steps is None
+        else min(lc.epochs * sampler.steps_per_epoch, lc.max_steps)
+    )
     start_step = run.resume_position(sampler, total_steps)
     if start_step > total_steps:
         return run.result
@@ -236,13 +265,25 @@ def _train(config: Config, run: RunLifecycle, device: str, print_fn: Callable[[s
                 # resumes at it (and samples it afresh, with the saved weights).
                 upcoming = [prompts[i] for i in sampler.peek_batch()] if overlap and step < total_steps else None
                 metrics, scored, prefetched = grpo_step(
-                    step, batch, cluster, rewards, config, tokenizer.pad_token_id, prefetched, upcoming, total_steps,
+                    step,
+                    batch,
+                    cluster,
+                    rewards,
+                    config,
+                    tokenizer.pad_token_id,
+                    prefetched,
+                    upcoming,
+                    total_steps,
                     draw_prompts=lambda: [prompts[i] for i in sampler.next_batch()],
                 )
                 run.after_step(step, metrics, scored)
                 # The engine got the learner's weights before this step's generation:
                 # at the start (initial or resumed weights) or by the last step's sync.
-                gate.check(step, metrics["sync/logp_diff"], after_sync=step == start_step or (step - 1) % config.sync.interval_steps == 0)
+                gate.check(
+                    step,
+                    metrics["sync/logp_diff"],
+                    after_sync=step == start_step or (step - 1) % config.sync.interval_steps == 0,
+                )
                 if stop.requested:
                     return run.stopped(step, stop.requested, stop.exit_code)
             run.finish()

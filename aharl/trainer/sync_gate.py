@@ -44,7 +44,10 @@ class SyncGate:
         self.recent.append(logp_diff)
         log.warning(
             "sync/logp_diff %.4f > sync.logp_diff_warn %.4f at step %d: the rollout engine's log-probs "
-            "differ from the learner's; it may be sampling with stale weights", logp_diff, limit, step,
+            "differ from the learner's; it may be sampling with stale weights",
+            logp_diff,
+            limit,
+            step,
         )
         if self.config.on_mismatch == "stop" and len(self.recent) >= self.config.mismatch_steps:
             seen = ", ".join(f"{d:.3f}" for d in self.recent)

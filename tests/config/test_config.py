@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from aharl.config import COMMAND_LINE, Config, dump_config, load_config, shipped_configs
-from aharl.system_prompts import REFERENCE_SYSTEM_PROMPT
 from aharl.errors import ConfigError
 from aharl.launch.common import load_run_config
 from aharl.launch.main import main
+from aharl.system_prompts import REFERENCE_SYSTEM_PROMPT
 from tests.helpers.paths import CONFIGS
 
 REFERENCE_CONFIG = CONFIGS / "gsm8k-qwen2.5-0.5b-3090.yaml"
@@ -26,17 +26,35 @@ def test_reference_config_states_the_reference_recipe():
     assert (c.rollout.n, c.rollout.temperature, c.rollout.max_tokens) == (16, 0.9, 200)
     assert c.rewards.functions == ["reference"]
     lr = c.learner
-    assert (lr.lr, lr.betas, lr.weight_decay, lr.warmup_ratio, lr.lr_scheduler) == (5e-6, (0.9, 0.99), 0.1, 0.1, "cosine")
+    assert (lr.lr, lr.betas, lr.weight_decay, lr.warmup_ratio, lr.lr_scheduler) == (
+        5e-6,
+        (0.9, 0.99),
+        0.1,
+        0.1,
+        "cosine",
+    )
     assert (lr.max_grad_norm, lr.prompts_per_step, lr.micro_batch_prompts, c.grad_accum_steps) == (0.1, 4, 1, 4)
     g = c.grpo
-    assert (g.beta, g.updates_per_batch, g.loss_aggregation, g.advantage_eps, lr.epochs) == (0.04, 1, "sequence", 1e-4, 1)
+    assert (g.beta, g.updates_per_batch, g.loss_aggregation, g.advantage_eps, lr.epochs) == (
+        0.04,
+        1,
+        "sequence",
+        1e-4,
+        1,
+    )
     assert lr.precision == "bf16" and c.model.dtype == "bfloat16"
-    assert (c.placement.layout, c.rollout.gpu_memory_utilization, c.rollout.sleep_during_update) == ("colocate", 0.3, True)
+    assert (c.placement.layout, c.rollout.gpu_memory_utilization, c.rollout.sleep_during_update) == (
+        "colocate",
+        0.3,
+        True,
+    )
     assert (c.checkpoint.every_steps, c.logging.every_steps, c.logging.wandb_mode) == (100, 1, "online")
 
 
 def test_overrides_change_values_and_parse_types():
-    c = load_config(REFERENCE_CONFIG, ["rollout.n=8", "learner.lr=1e-5", "learner.betas=[0.8, 0.9]", "data.shuffle=false"])
+    c = load_config(
+        REFERENCE_CONFIG, ["rollout.n=8", "learner.lr=1e-5", "learner.betas=[0.8, 0.9]", "data.shuffle=false"]
+    )
     assert c.rollout.n == 8
     assert c.learner.lr == 1e-5  # YAML reads `1e-5` as a string; the float field takes it
     assert c.learner.betas == (0.8, 0.9)
@@ -69,7 +87,12 @@ BAD_CONFIGS = [
     ("rollout: 5\n", [], "rollout", "must be a mapping"),
     ("learner:\n  lr: -1.0e-6\n", [], "learner.lr", "positive"),
     ("learner:\n  lr: fast\n", [], "learner.lr", "must be a number"),
-    ("learner:\n  prompts_per_step: 4\n  micro_batch_prompts: 3\n", [], "learner.micro_batch_prompts", "does not divide"),
+    (
+        "learner:\n  prompts_per_step: 4\n  micro_batch_prompts: 3\n",
+        [],
+        "learner.micro_batch_prompts",
+        "does not divide",
+    ),
     ("learner:\n  betas: [0.9]\n", [], "learner.betas", "list of 2 numbers"),
     ("learner:\n  betas: [0.9, 1.5]\n", [], "learner.betas", "[0, 1)"),
     ("grpo:\n  beta: -0.1\n", [], "grpo.beta", "not be negative"),
@@ -79,13 +102,33 @@ BAD_CONFIGS = [
     ("learner:\n  warmup_ratio: 1.0\n", [], "learner.warmup_ratio", "[0, 1)"),
     ("learner:\n  gradient_checkpointing: maybe\n", [], "learner.gradient_checkpointing", "true or false"),
     ("rollout:\n  overlap: one_step\n", ["grpo.rollout_correction=tis"], "rollout.overlap", "devices of their own"),
-    ("rollout:\n  overlap: one_step\n", ["placement.layout=separate"], "rollout.overlap", "grpo.rollout_correction=tis"),
-    ("rollout:\n  overlap: one_step\n", ["placement.layout=separate", "grpo.rollout_correction=mis", "sync.interval_steps=2"], "rollout.overlap", "sync.interval_steps=1"),
+    (
+        "rollout:\n  overlap: one_step\n",
+        ["placement.layout=separate"],
+        "rollout.overlap",
+        "grpo.rollout_correction=tis",
+    ),
+    (
+        "rollout:\n  overlap: one_step\n",
+        ["placement.layout=separate", "grpo.rollout_correction=mis", "sync.interval_steps=2"],
+        "rollout.overlap",
+        "sync.interval_steps=1",
+    ),
     ("grpo:\n  rollout_correction: is\n", [], "grpo.rollout_correction", "none, tis, mis"),
     ("grpo:\n  advantage_eps: 0\n", [], "grpo.advantage_eps", "positive"),
     ("data:\n  max_prompt_tokens: 0\n", [], "data.max_prompt_tokens", "at least 1"),
-    ("data:\n  demonstrations:\n    - {question: one plus one}\n", [], "data.demonstrations.0", "both a question and a response"),
-    ("data:\n  demonstrations:\n    - {question: a, answer: b}\n", [], "data.demonstrations.0.answer", "not a known key"),
+    (
+        "data:\n  demonstrations:\n    - {question: one plus one}\n",
+        [],
+        "data.demonstrations.0",
+        "both a question and a response",
+    ),
+    (
+        "data:\n  demonstrations:\n    - {question: a, answer: b}\n",
+        [],
+        "data.demonstrations.0.answer",
+        "not a known key",
+    ),
     ("model:\n  lora: {r: -4}\n", [], "model.lora.r", "positive rank"),
     ("model:\n  lora: {r: 8, dropout: 1.0}\n", [], "model.lora.dropout", "[0, 1)"),
     ("model:\n  lora: {r: 8, target_modules: []}\n", [], "model.lora.target_modules", "no layer"),
@@ -99,7 +142,12 @@ BAD_CONFIGS = [
     ("sync:\n  interval_steps: 0\n", [], "sync.interval_steps", "at least 1"),
     ("sync:\n  method: nccl\n", [], "sync.method", "one process per device"),
     ("placement:\n  layout: separate\nsync:\n  method: cuda_ipc\n", [], "sync.method", "same GPU"),
-    ("rollout:\n  backend: hf\nplacement:\n  layout: separate\nsync:\n  method: nccl\n", [], "sync.method", "rollout.backend=hf"),
+    (
+        "rollout:\n  backend: hf\nplacement:\n  layout: separate\nsync:\n  method: nccl\n",
+        [],
+        "sync.method",
+        "rollout.backend=hf",
+    ),
     ("placement:\n  learner_gpus: 3\n", [], "placement.learner_gpus", "does not divide"),
     ("checkpoint:\n  keep_last: 0\n", [], "checkpoint.keep_last", "at least 1"),
     ("eval:\n  num_questions: -1\n", [], "eval.num_questions", "not be negative"),

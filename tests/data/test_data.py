@@ -11,8 +11,8 @@ from aharl.data.prompts import build_prompts, chat_messages, extract_gold
 from aharl.data.sampler import PromptSampler
 from aharl.data.sources import load_rows
 from aharl.data.synthetic import make_dataset
-from aharl.system_prompts import REFERENCE_SYSTEM_PROMPT
 from aharl.errors import DataError
+from aharl.system_prompts import REFERENCE_SYSTEM_PROMPT
 from tests.helpers.paths import SHARED_GSM8K
 
 
@@ -57,7 +57,9 @@ def test_prompts_use_the_chat_template_and_count_what_is_dropped(tmp_path, smoll
     assert prompts[0].text.startswith("<|im_start|>system\n" + REFERENCE_SYSTEM_PROMPT)
     assert prompts[0].text.endswith("<|im_start|>assistant\n")
     assert smollm2_tokenizer.decode(prompts[0].token_ids) == prompts[0].text
-    assert "2 over the prompt-token limit" not in report.summary() and "1 over the prompt-token limit" in report.summary()
+    assert (
+        "2 over the prompt-token limit" not in report.summary() and "1 over the prompt-token limit" in report.summary()
+    )
 
 
 def test_demonstrations_come_between_the_system_prompt_and_the_question_as_answered_turns(tmp_path, smollm2_tokenizer):
@@ -69,7 +71,12 @@ def test_demonstrations_come_between_the_system_prompt_and_the_question_as_answe
     assert prompt.messages[2]["content"] == demo.response and prompt.messages[3]["content"] == "What is 2 + 3?"
     text = prompt.text
     # The model sees the worked answer before the question it must answer, and answers after it.
-    assert text.index(REFERENCE_SYSTEM_PROMPT) < text.index("What is 1 + 1?") < text.index("<answer>\n2\n</answer>") < text.index("What is 2 + 3?")
+    assert (
+        text.index(REFERENCE_SYSTEM_PROMPT)
+        < text.index("What is 1 + 1?")
+        < text.index("<answer>\n2\n</answer>")
+        < text.index("What is 2 + 3?")
+    )
     assert text.endswith("<|im_start|>assistant\n")
 
 
@@ -110,7 +117,9 @@ def test_synthetic_task_is_deterministic_with_integer_answers(smollm2_tokenizer)
     assert a == make_dataset(50, 3, 20, seed=1)
     assert a != make_dataset(50, 3, 20, seed=2)
     assert all(r["answer"].isdigit() for r in a)
-    config = DataConfig(source="synthetic", answer_extractor="plain", synthetic=SyntheticConfig(num_examples=20, difficulty=1))
+    config = DataConfig(
+        source="synthetic", answer_extractor="plain", synthetic=SyntheticConfig(num_examples=20, difficulty=1)
+    )
     prompts, report = build_prompts(load_rows(config), smollm2_tokenizer, config)
     assert report.kept == 20
     # difficulty 1: "X has a. Then ... b ... How many": the answer follows from the two numbers.

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
+from aharl.errors import DataError
 from aharl.evaluation.metrics import judge, summarise
 from aharl.evaluation.report import html_report, markdown_report
 from aharl.evaluation.run import GREEDY, EvalMode, EvalResult, evaluate, holdout_split, local_scorer
-from aharl.errors import DataError
-from aharl.tracking.evals import read_eval_file
 from aharl.rewards.registry import resolve_reward_functions
+from aharl.tracking.evals import read_eval_file
 from aharl.types import Completion, Prompt, RolloutGroup
 from tests.helpers.paths import REPO, SHARED_GSM8K
 
@@ -25,7 +25,14 @@ STRICT = "<reasoning>\nadd them\n</reasoning>\n<answer>\n1080\n</answer>\n"
     [
         (STRICT, "1080", True, True, True, True),
         (STRICT.replace("1080", "1,080"), "1080", False, True, True, True),  # the reference's string compare
-        ("<reasoning>\nstep one\nstep two\n</reasoning>\n<answer>\n7\n</answer>\n", "7", True, True, True, True),  # multi-line reasoning counts
+        (
+            "<reasoning>\nstep one\nstep two\n</reasoning>\n<answer>\n7\n</answer>\n",
+            "7",
+            True,
+            True,
+            True,
+            True,
+        ),  # multi-line reasoning counts
         ("So the answer is 42.", "42", False, True, False, False),  # the last number, no tags
         ("<reasoning>x</reasoning> <answer>5</answer>", "6", False, False, False, True),
         ("I do not know.", "3", False, False, False, False),
@@ -57,7 +64,9 @@ def test_evaluate_scores_what_the_engine_answered_with_the_configured_rewards():
 
     def generate(prompts, settings):
         seen.append(settings)
-        return [RolloutGroup(p, [Completion([5] * 3, answers[p.index], "stop", [0.0] * 3)] * settings.n) for p in prompts]
+        return [
+            RolloutGroup(p, [Completion([5] * 3, answers[p.index], "stop", [0.0] * 3)] * settings.n) for p in prompts
+        ]
 
     score = local_scorer(resolve_reward_functions(["arithmetic"]), {})
     result = evaluate(generate, score, [prompt(0, "4"), prompt(1, "8")], GREEDY, max_tokens=16)
@@ -79,14 +88,25 @@ def test_holdout_takes_the_last_prompts_and_refuses_to_take_them_all():
 
 
 def record(index: int, question: str, text: str, numeric: bool) -> dict:
-    answer = {"text": text, "numeric": numeric, "exact": numeric, "tokens": 7, "reward": 1.0 if numeric else 0.0, "rewards": {"answer_number": float(numeric)}}
+    answer = {
+        "text": text,
+        "numeric": numeric,
+        "exact": numeric,
+        "tokens": 7,
+        "reward": 1.0 if numeric else 0.0,
+        "rewards": {"answer_number": float(numeric)},
+    }
     return {"index": index, "question": question, "gold": "4", "answers": [answer]}
 
 
 def test_report_pairs_the_same_questions_and_escapes_model_output():
     summary = {"questions": 2.0, "accuracy_numeric": 0.0, "accuracy_exact": 0.0, "mean_length": 7.0}
-    before = EvalResult("greedy", summary, [record(1, "2 + 2?", "<script>x</script> 5", False), record(2, "1 + 3?", "3", False)])
-    after = EvalResult("greedy", {**summary, "accuracy_numeric": 1.0}, [record(2, "1 + 3?", "4", True), record(1, "2 + 2?", "4", True)])
+    before = EvalResult(
+        "greedy", summary, [record(1, "2 + 2?", "<script>x</script> 5", False), record(2, "1 + 3?", "3", False)]
+    )
+    after = EvalResult(
+        "greedy", {**summary, "accuracy_numeric": 1.0}, [record(2, "1 + 3?", "4", True), record(1, "2 + 2?", "4", True)]
+    )
     md = markdown_report("t", before, after, limit=10)
     assert "| accuracy_numeric | 0.000 | 1.000 |" in md
     first = md.index("## 1. 2 + 2?")
@@ -98,7 +118,13 @@ def test_report_pairs_the_same_questions_and_escapes_model_output():
 
 
 def aharl_eval(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aharl.launch.main", "eval", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "aharl.launch.main", "eval", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -107,8 +133,22 @@ def test_aharl_eval_on_the_gsm8k_test_file_with_hf_generate(tmp_path, smollm2_to
 
     model = build_tiny_model(tmp_path / "model", smollm2_tokenizer)
     out = tmp_path / "eval.json"
-    done = aharl_eval("--model", str(model), "--data", str(SHARED_GSM8K / "test.jsonl"), "--limit", "3", "--backend", "hf",
-                      "--samples", "2", "--max-tokens", "5", "--output", str(out))
+    done = aharl_eval(
+        "--model",
+        str(model),
+        "--data",
+        str(SHARED_GSM8K / "test.jsonl"),
+        "--limit",
+        "3",
+        "--backend",
+        "hf",
+        "--samples",
+        "2",
+        "--max-tokens",
+        "5",
+        "--output",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
     assert summary["questions"] == 3 and summary["backend"] == "hf"
@@ -117,8 +157,12 @@ def test_aharl_eval_on_the_gsm8k_test_file_with_hf_generate(tmp_path, smollm2_to
     saved = read_eval_file(out)
     assert saved["greedy"].records[0]["question"][:20] == "Janet’s ducks lay 16"
     assert saved["sampled"].summary["completions"] == 6
-    report = subprocess.run([sys.executable, "-m", "aharl.launch.main", "report", str(out), str(out), "--out", str(tmp_path / "rep")],
-                            capture_output=True, text=True, cwd=REPO)
+    report = subprocess.run(
+        [sys.executable, "-m", "aharl.launch.main", "report", str(out), str(out), "--out", str(tmp_path / "rep")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "rep" / "report.html").read_text().count("Janet") == 1
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from aharl.rollout.hf_engine import completion_length
 from aharl.grpo.batch import build_micro_batches, pad_sequences
+from aharl.rollout.hf_engine import completion_length
 from aharl.types import Completion, Prompt, RolloutGroup, ScoredGroup
 
 PAD = 0

@@ -59,7 +59,16 @@ def test_gspo_matches_its_sequence_level_objective():
             clipped = torch.clamp(s, low, high)
             terms.append(torch.minimum(s * adv[i], clipped * adv[i]))
         expected = -sum(terms) / len(terms)
-        ours = grpo_loss(logp, adv, mask, old_logp=old, clip_eps_low=EPS_LOW, clip_eps_high=EPS_HIGH, ratio_level="sequence", aggregation="sequence")
+        ours = grpo_loss(
+            logp,
+            adv,
+            mask,
+            old_logp=old,
+            clip_eps_low=EPS_LOW,
+            clip_eps_high=EPS_HIGH,
+            ratio_level="sequence",
+            aggregation="sequence",
+        )
         assert ours.loss.item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-7)
         torch.testing.assert_close(grad_of(ours.loss, logp), grad_of(expected, logp), rtol=1e-5, atol=1e-7)
         batches_with_clipping += ours.metrics["clip_fraction"] > 0
@@ -105,8 +114,16 @@ def test_bnpo_is_the_token_mean_of_each_micro_batch_averaged_over_micro_batches(
         expected = expected + total / tokens
     expected = expected / len(split)
     ours = sum(
-        grpo_loss(logp[a:b], adv[a:b], mask[a:b], old_logp=old[a:b], clip_eps_low=EPS_LOW, clip_eps_high=EPS_HIGH,
-                  aggregation="bnpo", num_micro_batches=len(split)).loss
+        grpo_loss(
+            logp[a:b],
+            adv[a:b],
+            mask[a:b],
+            old_logp=old[a:b],
+            clip_eps_low=EPS_LOW,
+            clip_eps_high=EPS_HIGH,
+            aggregation="bnpo",
+            num_micro_batches=len(split),
+        ).loss
         for a, b in zip(bounds, bounds[1:])
     )
     assert ours.item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-7)
@@ -117,12 +134,24 @@ def test_bnpo_equals_sequence_with_one_completion_per_micro_batch_and_token_with
     logp, old, mask, adv = random_batch(4)
     kw = dict(clip_eps_low=EPS_LOW, clip_eps_high=EPS_HIGH)
     per_sequence = sum(
-        grpo_loss(logp[i : i + 1], adv[i : i + 1], mask[i : i + 1], old_logp=old[i : i + 1], aggregation="bnpo", num_micro_batches=6, **kw).loss
+        grpo_loss(
+            logp[i : i + 1],
+            adv[i : i + 1],
+            mask[i : i + 1],
+            old_logp=old[i : i + 1],
+            aggregation="bnpo",
+            num_micro_batches=6,
+            **kw,
+        ).loss
         for i in range(6)
     )
-    assert per_sequence.item() == pytest.approx(grpo_loss(logp, adv, mask, old_logp=old, aggregation="sequence", **kw).loss.item(), rel=1e-6)
+    assert per_sequence.item() == pytest.approx(
+        grpo_loss(logp, adv, mask, old_logp=old, aggregation="sequence", **kw).loss.item(), rel=1e-6
+    )
     one = grpo_loss(logp, adv, mask, old_logp=old, aggregation="bnpo", **kw).loss
-    assert one.item() == pytest.approx(grpo_loss(logp, adv, mask, old_logp=old, aggregation="token", **kw).loss.item(), rel=1e-6)
+    assert one.item() == pytest.approx(
+        grpo_loss(logp, adv, mask, old_logp=old, aggregation="token", **kw).loss.item(), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("mode", ["sequence", "token", "dr_grpo"])
@@ -139,7 +168,16 @@ def test_grpo_dapo_and_dr_grpo_aggregations_match_their_formulas(mode):
         expected = sum(sum(row) for row in per_sequence) / sum(len(row) for row in per_sequence)
     else:
         expected = sum(sum(row) for row in per_sequence) / (len(per_sequence) * max_tokens)
-    ours = grpo_loss(logp, adv, mask, old_logp=old, clip_eps_low=EPS_LOW, clip_eps_high=EPS_HIGH, aggregation=mode, max_completion_tokens=max_tokens).loss
+    ours = grpo_loss(
+        logp,
+        adv,
+        mask,
+        old_logp=old,
+        clip_eps_low=EPS_LOW,
+        clip_eps_high=EPS_HIGH,
+        aggregation=mode,
+        max_completion_tokens=max_tokens,
+    ).loss
     assert ours.item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-7)
     torch.testing.assert_close(grad_of(ours, logp), grad_of(expected, logp), rtol=1e-5, atol=1e-7)
 
@@ -160,7 +198,12 @@ def test_informative_groups_are_those_with_a_reward_spread():
 
 
 def test_dynamic_sampling_draws_until_the_step_is_full_of_informative_groups():
-    draws = iter([[scored_group(10, [0, 0]), scored_group(11, [1, 0])], [scored_group(12, [1, 1]), scored_group(13, [0, 2]), scored_group(14, [3, 1])]])
+    draws = iter(
+        [
+            [scored_group(10, [0, 0]), scored_group(11, [1, 0])],
+            [scored_group(12, [1, 1]), scored_group(13, [0, 2]), scored_group(14, [3, 1])],
+        ]
+    )
     first = [scored_group(0, [1, 0]), scored_group(1, [1, 1]), scored_group(2, [0, 0])]
     chosen, metrics = fill_with_informative_groups(first, lambda: next(draws), target=3, group_size=2, max_rounds=5)
     assert [sg.group.prompt.index for sg in chosen] == [0, 11, 13]
@@ -185,6 +228,8 @@ def test_dynamic_sampling_stops_at_its_cap_and_fills_the_step_with_dropped_group
     assert len(calls) == 2
     assert [sg.group.prompt.index for sg in chosen] == [1, 0]  # the informative group, then the first dropped one
     assert metrics["dynamic_sampling/filled_groups"] == 1.0 and metrics["dynamic_sampling/dropped_groups"] == 2.0
-    nothing_needed, metrics = fill_with_informative_groups([scored_group(0, [1, 0])], resample, target=1, group_size=2, max_rounds=2)
+    nothing_needed, metrics = fill_with_informative_groups(
+        [scored_group(0, [1, 0])], resample, target=1, group_size=2, max_rounds=2
+    )
     assert len(calls) == 2 and metrics["dynamic_sampling/rounds"] == 0.0
     assert math.isclose(metrics["dynamic_sampling/prompts_drawn"], 1.0)

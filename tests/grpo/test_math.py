@@ -9,7 +9,7 @@ import torch
 
 from aharl.grpo.advantages import advantage_metrics, group_advantages, zero_spread_fraction
 from aharl.grpo.logprobs import token_entropy, token_logprobs
-from aharl.grpo.loss import aggregate, grpo_loss, k3_kl
+from aharl.grpo.loss import grpo_loss, k3_kl
 from tests.helpers.memory import PeakTensorBytes
 
 # --- advantages --------------------------------------------------------------
@@ -107,8 +107,15 @@ def test_micro_batch_losses_add_up_to_the_full_batch_loss():
     for mode in ("sequence", "token", "dr_grpo"):
         full = grpo_loss(logp, adv, mask, aggregation=mode, max_completion_tokens=5).loss
         parts = sum(
-            grpo_loss(logp[i : i + 2], adv[i : i + 2], mask[i : i + 2], aggregation=mode, max_completion_tokens=5,
-                      num_sequences=4, num_tokens=mask.sum().item()).loss
+            grpo_loss(
+                logp[i : i + 2],
+                adv[i : i + 2],
+                mask[i : i + 2],
+                aggregation=mode,
+                max_completion_tokens=5,
+                num_sequences=4,
+                num_tokens=mask.sum().item(),
+            ).loss
             for i in (0, 2)
         )
         assert parts.item() == pytest.approx(full.item(), abs=1e-6)

@@ -45,7 +45,9 @@ def shared_memory_entries() -> set[str]:
     return {name for name in os.listdir("/dev/shm") if name.startswith(SHARED_MEMORY_PREFIXES)}
 
 
-def run(command: list[str], log: Path, failpoints: str = "", marks: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(
+    command: list[str], log: Path, failpoints: str = "", marks: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``command`` in its own session with ``AHARL_FAILPOINTS=failpoints``; output to ``log``.
 
     On the result: ``orphans``, the command lines of its processes that
@@ -57,7 +59,9 @@ def run(command: list[str], log: Path, failpoints: str = "", marks: Path | None 
         full_env["AHARL_FAILPOINT_DIR"] = str(marks)
     shm_before = shared_memory_entries()
     with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=full_env, start_new_session=True)
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=full_env, start_new_session=True
+        )
         left: list[str] = []
         try:
             proc.wait(timeout=900)
@@ -78,7 +82,9 @@ def run(command: list[str], log: Path, failpoints: str = "", marks: Path | None 
     return done
 
 
-def run_to_end(command: list[str], log: Path, failpoints: str = "", marks: Path | None = None, env: dict[str, str] | None = None) -> str:
+def run_to_end(
+    command: list[str], log: Path, failpoints: str = "", marks: Path | None = None, env: dict[str, str] | None = None
+) -> str:
     """``run`` that must succeed and leave nothing behind; returns its output."""
     done = run(command, log, failpoints, marks, env)
     text = log.read_text()

@@ -10,10 +10,10 @@ from aharl.config import Config, load_config
 # vowels. A random tiny model scores ~0.34; many tokens score higher, so GRPO
 # can climb it step by step (a single-letter target collapses onto one
 # sequence before it gets far).
-TOY_REWARD = '''
+TOY_REWARD = """
 def vowels(completions, answers):
     return [sum(ch in "aeiou" for ch in text) / max(1, len(text)) for text in completions]
-'''
+"""
 
 
 def build_tiny_model(directory: Path, tokenizer) -> Path:

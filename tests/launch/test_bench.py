@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from aharl.bench.rollout import RunResult, Shape, count_completion_tokens, plan_requests, ratios, run_requests, summarise
+from aharl.bench.rollout import (
+    RunResult,
+    Shape,
+    count_completion_tokens,
+    plan_requests,
+    ratios,
+    run_requests,
+    summarise,
+)
 from aharl.bench.step import _trl_reward, summarise_steps
 from aharl.rewards.reference import correctness
 from aharl.rollout.engine import SamplingSettings
@@ -48,11 +56,14 @@ def test_warm_up_is_run_but_not_reported():
 def test_token_count_stops_at_eos_and_excludes_padding():
     prompt = PROMPTS[0]
     groups = [
-        RolloutGroup(prompt, [
-            Completion([7, 8, EOS, EOS, EOS], "a", "stop", []),  # HF pads with EOS after the first one
-            Completion([7, 8, 9, 9], "b", "length", []),  # no EOS: all generated tokens count
-            Completion([EOS], "", "stop", []),
-        ])
+        RolloutGroup(
+            prompt,
+            [
+                Completion([7, 8, EOS, EOS, EOS], "a", "stop", []),  # HF pads with EOS after the first one
+                Completion([7, 8, 9, 9], "b", "length", []),  # no EOS: all generated tokens count
+                Completion([EOS], "", "stop", []),
+            ],
+        )
     ]
     assert count_completion_tokens(groups, EOS) == 3 + 4 + 1
     assert count_completion_tokens(groups, EOS, ignore_eos=True) == 5 + 4 + 1
@@ -62,7 +73,15 @@ def test_summary_medians_and_ratio():
     def run(backend, shape, tps):
         return RunResult(backend, shape, 0, 1.0, 8, int(tps), tps, 8.0, 0.5)
 
-    rows = summarise([run("vllm", "1x8", 100), run("vllm", "1x8", 300), run("vllm", "1x8", 200), run("hf", "1x8", 50), run("hf", "1x8", 50)])
+    rows = summarise(
+        [
+            run("vllm", "1x8", 100),
+            run("vllm", "1x8", 300),
+            run("vllm", "1x8", 200),
+            run("hf", "1x8", 50),
+            run("hf", "1x8", 50),
+        ]
+    )
     vllm = next(r for r in rows if r["backend"] == "vllm")
     assert (vllm["tokens_per_s"], vllm["tokens_per_s_min"], vllm["tokens_per_s_max"]) == (200, 100, 300)
     assert ratios(rows) == {"1x8": pytest.approx(4.0)}
@@ -75,7 +94,10 @@ def test_step_summary_leaves_out_the_warm_up_step():
 
 def test_trl_reward_adapter_passes_completion_text_and_gold():
     fn = _trl_reward("correctness", correctness)
-    completions = [[{"role": "assistant", "content": "<answer>\n5\n</answer>"}], [{"role": "assistant", "content": "6"}]]
+    completions = [
+        [{"role": "assistant", "content": "<answer>\n5\n</answer>"}],
+        [{"role": "assistant", "content": "6"}],
+    ]
     assert fn(prompts=None, completions=completions, answer=["5", "5"]) == [2.0, 0.0]
     assert fn.__name__ == "correctness"
 
@@ -107,9 +129,10 @@ def test_step_table_compares_trainers_per_1000_completion_tokens():
 
 def test_layout_bench_times_each_layout_on_the_positions_it_computes(tmp_path, smollm2_tokenizer):
     """The layouts' position counts are those of their definitions, so the table compares what it says it compares."""
+    from transformers import AutoModelForCausalLM
+
     from aharl.bench.layout import LAYOUTS, run_layouts, synthetic_group
     from tests.helpers.toy import build_tiny_model
-    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "m", smollm2_tokenizer))
     group = synthetic_group(prompt_tokens=30, completions=6, max_tokens=40)

@@ -20,10 +20,27 @@ pytestmark = pytest.mark.slow
 def test_bench_rollout_leaves_no_process_shared_memory_or_warning(tmp_path, smollm2_tokenizer):
     model_dir, _ = toy_workspace(tmp_path, smollm2_tokenizer)
     command = [
-        sys.executable, "-m", "aharl.launch.main", "bench", "rollout", "--backends", "vllm,hf", "--shapes", "1x2",
-        "--max-tokens", "4", "--repeats", "1", "--out", str(tmp_path / "bench"),
-        f"model.path={model_dir}", "data.source=synthetic", "data.answer_extractor=plain", "data.system_prompt=''",
-        "data.synthetic.num_examples=20", "rollout.gpu_memory_utilization=0.05",
+        sys.executable,
+        "-m",
+        "aharl.launch.main",
+        "bench",
+        "rollout",
+        "--backends",
+        "vllm,hf",
+        "--shapes",
+        "1x2",
+        "--max-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path / "bench"),
+        f"model.path={model_dir}",
+        "data.source=synthetic",
+        "data.answer_extractor=plain",
+        "data.system_prompt=''",
+        "data.synthetic.num_examples=20",
+        "rollout.gpu_memory_utilization=0.05",
     ]
     done = run(command, tmp_path / "bench.log")
     log = (tmp_path / "bench.log").read_text()

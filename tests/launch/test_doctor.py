@@ -32,7 +32,11 @@ def test_doctor_on_cpu_runs_the_cpu_checks_and_skips_the_gpu_ones(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(
         [sys.executable, "-m", "aharl.launch.main", "doctor", "--device", "cpu", "--out", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1500,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=1500,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     report = json.loads((out / "doctor.json").read_text())
@@ -53,7 +57,11 @@ def test_a_failing_check_is_one_fail_line_and_the_next_check_still_runs(tmp_path
     monkeypatch.setattr(doctor, "check_ipc", broken)
     printed: list[str] = []
     results = doctor.run_checks(tmp_path, "cpu", ("ipc-round-trip", "sleep-wake", "nccl-2-gpus"), printed.append)
-    assert [(r.name, r.status) for r in results] == [("ipc-round-trip", "FAIL"), ("sleep-wake", "SKIP"), ("nccl-2-gpus", "SKIP")]
+    assert [(r.name, r.status) for r in results] == [
+        ("ipc-round-trip", "FAIL"),
+        ("sleep-wake", "SKIP"),
+        ("nccl-2-gpus", "SKIP"),
+    ]
     assert printed[0].startswith("FAIL") and "differ from the sender's" in printed[0]
     assert "AssertionError" in (tmp_path / "ipc-round-trip.error.txt").read_text()
     assert json.loads((tmp_path / "doctor.json").read_text())["checks"][0]["status"] == "FAIL"

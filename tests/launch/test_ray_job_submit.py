@@ -44,7 +44,9 @@ def _wait_for_jobs_api(address: str, env: dict[str, str], timeout_s: float = 180
     raise AssertionError("the Ray head did not come up")
 
 
-def _submit_when_the_agent_is_up(command: list[str], env: dict[str, str], timeout_s: float = 180) -> subprocess.CompletedProcess:
+def _submit_when_the_agent_is_up(
+    command: list[str], env: dict[str, str], timeout_s: float = 180
+) -> subprocess.CompletedProcess:
     """``ray job submit``, again while the head answers but its job agent has not started (it starts later under load).
 
     Ray refuses such a submission before creating the job ("No available
@@ -68,21 +70,58 @@ def test_ray_job_submit_runs_training_on_a_started_cluster(tmp_path, smollm2_tok
     # --block keeps the head's processes under this one process group, so the
     # test stops exactly this cluster (`ray stop` would stop every Ray here).
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--disable-usage-stats",
-         # The job agent's default port (52365) is taken by any other Ray on this machine: then
-         # every submission fails with "No available agent". A free one makes the test independent of them.
-         "--dashboard-agent-listen-port", str(free_port()),
-         "--temp-dir", ray_dir],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard),
+            "--disable-usage-stats",
+            # The job agent's default port (52365) is taken by any other Ray on this machine: then
+            # every submission fails with "No available agent". A free one makes the test independent of them.
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--temp-dir",
+            ray_dir,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         _wait_for_jobs_api(address, env)
         submitted = _submit_when_the_agent_is_up(
-            [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-             "aharl", "train", "quickstart",
-             f"model.path={model_dir}", f"rewards.functions=[{reward_file}:vowels]", "rollout.max_tokens=8",
-             "learner.max_steps=2", "learner.micro_batch_prompts=4", "eval.num_questions=4", f"logging.output_dir={runs}", "logging.run_name=job"],
+            [
+                RAY,
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                str(REPO),
+                "--",
+                "aharl",
+                "train",
+                "quickstart",
+                f"model.path={model_dir}",
+                f"rewards.functions=[{reward_file}:vowels]",
+                "rollout.max_tokens=8",
+                "learner.max_steps=2",
+                "learner.micro_batch_prompts=4",
+                "eval.num_questions=4",
+                f"logging.output_dir={runs}",
+                "logging.run_name=job",
+            ],
             env,
         )
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]

@@ -20,10 +20,10 @@ import time
 
 import pytest
 
-from tests.launch.test_ray_job_submit import RAY, _ray_env, _submit_when_the_agent_is_up
 from tests.helpers.netns import netns_available, two_hosts
 from tests.helpers.paths import REPO
 from tests.helpers.toy import toy_workspace
+from tests.launch.test_ray_job_submit import RAY, _ray_env, _submit_when_the_agent_is_up
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,9 @@ def _stop(process: subprocess.Popen) -> None:
 def _wait_for_nodes(host, env: dict[str, str], address: str, resource: str, timeout_s: float = 240) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = subprocess.run(host.command(RAY, "status", "--address", address), env=env, capture_output=True, text=True)
+        status = subprocess.run(
+            host.command(RAY, "status", "--address", address), env=env, capture_output=True, text=True
+        )
         if resource in status.stdout:
             return
         time.sleep(3)
@@ -63,22 +65,78 @@ def test_job_on_two_nodes_trains_with_learner_and_rollout_on_different_nodes(tmp
             gcs = f"{a.address}:6379"
             common = ["--block", "--num-cpus", "2", "--disable-usage-stats", "--temp-dir", ray_dir]
             # Every port is free in a fresh namespace, so Ray's defaults do.
-            nodes.append(subprocess.Popen(
-                a.command(RAY, "start", "--head", "--node-ip-address", a.address, "--port", "6379", "--resources", '{"learner_node": 1}',
-                          "--dashboard-host", a.address, "--dashboard-port", "8265", *common),
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+            nodes.append(
+                subprocess.Popen(
+                    a.command(
+                        RAY,
+                        "start",
+                        "--head",
+                        "--node-ip-address",
+                        a.address,
+                        "--port",
+                        "6379",
+                        "--resources",
+                        '{"learner_node": 1}',
+                        "--dashboard-host",
+                        a.address,
+                        "--dashboard-port",
+                        "8265",
+                        *common,
+                    ),
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
             time.sleep(5)
-            nodes.append(subprocess.Popen(
-                b.command(RAY, "start", "--address", gcs, "--node-ip-address", b.address, "--resources", '{"rollout_node": 1}', *common),
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+            nodes.append(
+                subprocess.Popen(
+                    b.command(
+                        RAY,
+                        "start",
+                        "--address",
+                        gcs,
+                        "--node-ip-address",
+                        b.address,
+                        "--resources",
+                        '{"rollout_node": 1}',
+                        *common,
+                    ),
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
             _wait_for_nodes(a, env, gcs, "rollout_node")
 
             submitted = _submit_when_the_agent_is_up(
-                a.command(RAY, "job", "submit", "--address", f"http://{a.address}:8265", "--working-dir", str(REPO), "--",
-                          "aharl", "train", "quickstart", f"model.path={model_dir}", f"rewards.functions=[{reward_file}:vowels]",
-                          "rollout.max_tokens=8", "learner.max_steps=2", "learner.lr=5e-2", "learner.micro_batch_prompts=4", "eval.num_questions=0",
-                          "placement.layout=separate", "placement.learner_resources={learner_node: 0.01}",
-                          "placement.rollout_resources={rollout_node: 0.01}", f"logging.output_dir={runs}", "logging.run_name=two-nodes"),
+                a.command(
+                    RAY,
+                    "job",
+                    "submit",
+                    "--address",
+                    f"http://{a.address}:8265",
+                    "--working-dir",
+                    str(REPO),
+                    "--",
+                    "aharl",
+                    "train",
+                    "quickstart",
+                    f"model.path={model_dir}",
+                    f"rewards.functions=[{reward_file}:vowels]",
+                    "rollout.max_tokens=8",
+                    "learner.max_steps=2",
+                    "learner.lr=5e-2",
+                    "learner.micro_batch_prompts=4",
+                    "eval.num_questions=0",
+                    "placement.layout=separate",
+                    "placement.learner_resources={learner_node: 0.01}",
+                    "placement.rollout_resources={rollout_node: 0.01}",
+                    f"logging.output_dir={runs}",
+                    "logging.run_name=two-nodes",
+                ),
                 env,
             )
             output = submitted.stdout + submitted.stderr

@@ -42,7 +42,13 @@ def test_a_bf16_zero_learner_accumulates_in_fp32(tmp_path, smollm2_tokenizer, st
     from tests.helpers.toy import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model", smollm2_tokenizer)
-    done = subprocess.run([sys.executable, "-c", PROBE, str(model), str(free_port()), str(stage)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(model), str(free_port()), str(stage)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found == {"params": "torch.bfloat16", "accumulation": "torch.float32"}

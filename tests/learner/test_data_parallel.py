@@ -72,8 +72,26 @@ def run_ranks(model, zero: int, world: int, out, aggregations: str, layout: str 
 
     port = str(free_port())
     procs = [
-        subprocess.Popen([sys.executable, "-c", PROBE, str(model), str(zero), str(rank), str(world), port, str(out), aggregations, layout, str(LR)],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                PROBE,
+                str(model),
+                str(zero),
+                str(rank),
+                str(world),
+                port,
+                str(out),
+                aggregations,
+                layout,
+                str(LR),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for rank in range(world)
     ]
     for proc in procs:
@@ -95,10 +113,14 @@ def test_two_ranks_make_the_same_update_as_one_for_every_aggregation(tmp_path, s
     # groups, one per rank, where DeepSpeed's configured accumulation count is 2
     # per rank: the update must not depend on how the step was cut.
     two = run_ranks(model, zero, 2, tmp_path / "two.pt", ",".join(AGGREGATIONS), layout="shared_prefix:60")
-    initial = {name: p for name, p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model).named_parameters()}
+    initial = {
+        name: p for name, p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model).named_parameters()
+    }
     for aggregation in AGGREGATIONS:
         a, b = one[aggregation], two[aggregation]
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), f"{aggregation}: the gradient's scale differs at 2 ranks"
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), (
+            f"{aggregation}: the gradient's scale differs at 2 ranks"
+        )
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-7), aggregation
         assert a["grad_norm"] > 0
         moved = 0
@@ -107,7 +129,9 @@ def test_two_ranks_make_the_same_update_as_one_for_every_aggregation(tmp_path, s
             # gradient is near zero turns the layouts' fp32 round-off into up to a
             # few % of lr (measured: 1.3e-5 at lr 1e-3); a lost or doubled
             # micro-batch, or a step taken twice, moves weights by ~lr.
-            torch.testing.assert_close(b["weights"][name], weight, rtol=0, atol=LR / 20, msg=lambda m: f"{aggregation} {name}: {m}")
+            torch.testing.assert_close(
+                b["weights"][name], weight, rtol=0, atol=LR / 20, msg=lambda m: f"{aggregation} {name}: {m}"
+            )
             moved += int(not torch.equal(weight, initial[name].detach()))
         assert moved, f"{aggregation}: the step left every weight as it was"
     # The aggregations are really different objectives on this batch.

@@ -43,7 +43,11 @@ def test_learner_starts_despite_a_stale_extension_build_lock(tmp_path, smollm2_t
     try:
         done = subprocess.run(
             [sys.executable, "-c", PROBE, str(model), str(free_port())],
-            capture_output=True, text=True, cwd=REPO, env=env, timeout=240,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=240,
         )
     except subprocess.TimeoutExpired:
         pytest.fail("the learner waited on the stale build lock (DeepSpeed compiled its CPU shm op)")
@@ -91,8 +95,13 @@ def test_gradient_checkpointing_is_in_effect_when_configured(tmp_path, smollm2_t
     from tests.helpers.toy import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model", smollm2_tokenizer)
-    done = subprocess.run([sys.executable, "-c", CHECKPOINTING_PROBE, str(model), str(free_port()), checkpointing],
-                          capture_output=True, text=True, cwd=REPO, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECKPOINTING_PROBE, str(model), str(free_port()), checkpointing],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found == {"training": True, "layer_forwards": forwards}

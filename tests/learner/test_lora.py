@@ -118,8 +118,13 @@ def test_lora_trains_adapters_only_and_every_copy_out_is_the_merged_policy(tmp_p
 
     model = build_tiny_model(tmp_path / "model", smollm2_tokenizer)
     out = tmp_path / "out.json"
-    done = subprocess.run([sys.executable, "-c", PROBE, str(model), str(free_port()), str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=400)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(model), str(free_port()), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     r = json.loads(out.read_text())
 

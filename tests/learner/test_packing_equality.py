@@ -28,8 +28,16 @@ def tiny_model(attention: str, seed: int = 0) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
     config._attn_implementation = attention
     return LlamaForCausalLM(config).float()
 
@@ -59,7 +67,9 @@ LAYOUTS = {
 }
 
 
-def update(model, reference, layout: dict, aggregation: str, beta: float) -> tuple[float, dict[str, torch.Tensor], list]:
+def update(
+    model, reference, layout: dict, aggregation: str, beta: float
+) -> tuple[float, dict[str, torch.Tensor], list]:
     """Summed loss and parameter gradients of one step's update under ``layout``; also each completion's log-probs."""
     scored, advantages = step_groups()
     batches = build_micro_batches(scored, advantages, 2, PAD, **layout)
@@ -70,8 +80,17 @@ def update(model, reference, layout: dict, aggregation: str, beta: float) -> tup
     for mb in batches:
         logp, _ = completion_logprobs(model, mb, chunk_rows=7)
         ref = completion_logprobs(reference, mb, chunk_rows=7)[0].detach() if beta > 0 else None
-        out = grpo_loss(logp, mb.advantages, mb.completion_mask, ref_logp=ref, beta=beta, aggregation=aggregation,
-                        max_completion_tokens=20, num_sequences=num_sequences, num_tokens=num_tokens)
+        out = grpo_loss(
+            logp,
+            mb.advantages,
+            mb.completion_mask,
+            ref_logp=ref,
+            beta=beta,
+            aggregation=aggregation,
+            max_completion_tokens=20,
+            num_sequences=num_sequences,
+            num_tokens=num_tokens,
+        )
         out.loss.backward()
         total += out.loss.item()
         for row, mask, adv in zip(logp.detach(), mb.completion_mask, mb.advantages):
@@ -94,17 +113,25 @@ def test_every_layout_gives_the_padded_loss_and_gradients(attention, aggregation
         for (adv0, lp0), (adv1, lp1) in zip(base_logps, logps):
             assert adv0 == adv1 and torch.allclose(torch.tensor(lp0), torch.tensor(lp1), atol=2e-5), name
         for param, g in grads.items():
-            assert torch.allclose(g, base_grads[param], rtol=1e-4, atol=1e-6), (name, param, (g - base_grads[param]).abs().max())
+            assert torch.allclose(g, base_grads[param], rtol=1e-4, atol=1e-6), (
+                name,
+                param,
+                (g - base_grads[param]).abs().max(),
+            )
 
 
 def test_a_completion_never_sees_another_completion_of_its_group():
     """Changing one completion's tokens leaves its siblings' log-probs as they were."""
     model = tiny_model("sdpa")
     scored, advantages = step_groups(groups=1)
-    before = completion_logprobs(model, build_micro_batches(scored, advantages, 1, PAD, packing="shared_prefix")[0], 16)[0]
+    before = completion_logprobs(
+        model, build_micro_batches(scored, advantages, 1, PAD, packing="shared_prefix")[0], 16
+    )[0]
     first = scored[0].group.completions[0]
     first.token_ids = [(t % (VOCAB - 1)) + 1 for t in reversed(first.token_ids)]
-    after = completion_logprobs(model, build_micro_batches(scored, advantages, 1, PAD, packing="shared_prefix")[0], 16)[0]
+    after = completion_logprobs(model, build_micro_batches(scored, advantages, 1, PAD, packing="shared_prefix")[0], 16)[
+        0
+    ]
     assert not torch.allclose(before[0], after[0])
     assert torch.equal(before[1:], after[1:])
 
@@ -124,11 +151,15 @@ def test_the_shared_prefix_layout_has_no_padding_and_encodes_each_prompt_once():
 @pytest.mark.parametrize("budget, world", [(40, 1), (60, 2), (1000, 2), (100, 3)])
 def test_token_budget_micro_batches_hold_every_completion_once_within_the_budget(budget, world):
     scored, advantages = step_groups(seed=3, groups=5, g=4)
-    batches = build_micro_batches(scored, advantages, 1, PAD, packing="shared_prefix", max_tokens=budget, world_size=world)
+    batches = build_micro_batches(
+        scored, advantages, 1, PAD, packing="shared_prefix", max_tokens=budget, world_size=world
+    )
     assert len(batches) % world == 0
     seen = sorted(round(a, 6) for mb in batches for a in mb.advantages.tolist())
     assert seen == sorted(round(a, 6) for a in advantages.tolist())
-    longest_unit = max(len(sg.group.prompt.token_ids) + max(len(c.token_ids) for c in sg.group.completions) for sg in scored)
+    longest_unit = max(
+        len(sg.group.prompt.token_ids) + max(len(c.token_ids) for c in sg.group.completions) for sg in scored
+    )
     # Over the budget only where one prompt and one completion alone exceed it.
     assert all(mb.model_tokens <= max(budget, longest_unit) for mb in batches)
     if world == 1:

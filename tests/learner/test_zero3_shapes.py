@@ -42,7 +42,13 @@ def test_zero3_meta_and_buckets_use_the_full_shapes(tmp_path, smollm2_tokenizer)
     from tests.helpers.toy import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model", smollm2_tokenizer)
-    done = subprocess.run([sys.executable, "-c", PROBE, str(model), str(free_port())], capture_output=True, text=True, cwd=REPO, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(model), str(free_port())],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert any(shape == [0] for shape in found["placeholders"])  # what the old code read

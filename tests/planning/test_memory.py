@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from aharl.launch.main import main
 from aharl.config import load_config
 from aharl.errors import AharlError
-from aharl.planning.memory import BUILTIN_SHAPES, GIB, model_shape, learner_parts, plan_memory, plan_with_fix
+from aharl.launch.main import main
+from aharl.planning.memory import BUILTIN_SHAPES, GIB, learner_parts, model_shape, plan_memory, plan_with_fix
 
 REFERENCE_3090 = "gsm8k-qwen2.5-0.5b-3090"
 # Qwen2.5-3B, full fine-tune, ZeRO 0, on one 24 GB GPU beside vLLM: cannot fit.
@@ -25,8 +25,14 @@ def model_of_shape(shape):
     """A randomly initialised transformers Llama with ``shape``'s sizes: an independent count of its parameters."""
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
-        hidden_size=shape.hidden, num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-        head_dim=shape.head_dim, intermediate_size=shape.intermediate, vocab_size=shape.vocab, tie_word_embeddings=shape.tied_embeddings,
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        intermediate_size=shape.intermediate,
+        vocab_size=shape.vocab,
+        tie_word_embeddings=shape.tied_embeddings,
     )
     return transformers.AutoModelForCausalLM.from_config(config)
 
@@ -41,14 +47,22 @@ def test_builtin_smollm2_shape_counts_the_parameters_of_the_real_model():
 def test_lora_parameter_count_is_what_peft_trains(targets):
     peft = pytest.importorskip("peft")
     shape = SMOLLM2
-    wrapped = peft.get_peft_model(model_of_shape(shape), peft.LoraConfig(r=16, target_modules="all-linear" if targets == ["all-linear"] else targets))
+    wrapped = peft.get_peft_model(
+        model_of_shape(shape),
+        peft.LoraConfig(r=16, target_modules="all-linear" if targets == ["all-linear"] else targets),
+    )
     assert shape.lora_params(16, targets) == sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
 def test_lora_plans_optimizer_state_for_the_adapters_and_no_reference_copy():
-    full = dict((p.name, p.gib) for p in learner_parts(load_config(REFERENCE_3090), BUILTIN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"], "cuda")[0])
+    full = dict(
+        (p.name, p.gib)
+        for p in learner_parts(load_config(REFERENCE_3090), BUILTIN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"], "cuda")[0]
+    )
     lora_config = load_config(REFERENCE_3090, ["model.lora.r=16"])
-    lora = dict((p.name, p.gib) for p in learner_parts(lora_config, BUILTIN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"], "cuda")[0])
+    lora = dict(
+        (p.name, p.gib) for p in learner_parts(lora_config, BUILTIN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"], "cuda")[0]
+    )
     trained = BUILTIN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"].lora_params(16, ["all-linear"])
     assert lora["optimizer states"] == pytest.approx(12 * trained / GIB)  # fp32 master + m + v of the adapters only
     assert "reference model" in full and "reference model" not in lora  # the base with adapters off is the reference
@@ -117,8 +131,18 @@ def test_gradient_checkpointing_shrinks_the_activations():
 def test_plan_command_prints_the_breakdown_and_exits_0_when_it_fits(capsys):
     assert main(["plan", REFERENCE_3090, "--gpu-memory-gib", "24"]) == 0
     out = capsys.readouterr().out
-    for part in ("weights", "gradients", "optimizer states", "reference model", "activations", "log-prob chunks", "vLLM KV cache",
-                 "vLLM CUDA graphs", "peak", "fits: yes"):
+    for part in (
+        "weights",
+        "gradients",
+        "optimizer states",
+        "reference model",
+        "activations",
+        "log-prob chunks",
+        "vLLM KV cache",
+        "vLLM CUDA graphs",
+        "peak",
+        "fits: yes",
+    ):
         assert part in out
 
 

@@ -6,8 +6,8 @@ row that no longer proves anything, so the suite checks the names.
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import subprocess
 import sys
 
@@ -32,7 +32,11 @@ def test_every_test_the_reliability_table_names_exists():
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
     collected = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
-        capture_output=True, text=True, cwd=REPO, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env=env,
     ).stdout.splitlines()
     ids = {line.strip() for line in collected}
     # A name without parameters stands for all of its parametrized cases.

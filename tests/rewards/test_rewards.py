@@ -103,7 +103,9 @@ def test_strict_format_quirk_multiline_reasoning_never_matches():
 # --- int and correctness -----------------------------------------------------
 
 
-@pytest.mark.parametrize("answer, score", [("18", 0.5), ("-3", 0.0), ("1,080", 0.0), ("18.0", 0.0), ("", 0.0), ("12a", 0.0)])
+@pytest.mark.parametrize(
+    "answer, score", [("18", 0.5), ("-3", 0.0), ("1,080", 0.0), ("18.0", 0.0), ("", 0.0), ("12a", 0.0)]
+)
 def test_int_reward_is_str_isdigit(answer, score):
     assert one(reference.int_answer, f"<answer>\n{answer}\n</answer>") == score
 
@@ -219,7 +221,9 @@ def test_reward_that_raises_or_returns_wrong_length_names_the_function():
         score_completions(["a", "b"], ["1", "2"], [("boom", boom)])
     with pytest.raises(RewardError, match="`short` returned 1 values for 2 completions"):
         score_completions(["a", "b"], ["1", "2"], [("short", short)])
-    tolerant = score_completions(["a", "b"], ["1", "2"], [("boom", boom), ("int", reference.int_answer)], tolerate_errors=True)
+    tolerant = score_completions(
+        ["a", "b"], ["1", "2"], [("boom", boom), ("int", reference.int_answer)], tolerate_errors=True
+    )
     assert tolerant.per_function["boom"] == [0.0, 0.0] and "boom" in tolerant.errors
 
 
@@ -229,10 +233,13 @@ def test_reward_that_raises_or_returns_wrong_length_names_the_function():
 def test_cli_rewards_score_writes_one_line_per_row_and_reports_bad_rows(tmp_path, capsys):
     rows = tmp_path / "rows.jsonl"
     rows.write_text(
-        json.dumps({"completion": GOOD, "answer": "18"}) + "\n"
+        json.dumps({"completion": GOOD, "answer": "18"})
+        + "\n"
         + "{not json\n"
-        + json.dumps({"completion": "<answer>1,080</answer>", "answer": "1,080"}) + "\n"
-        + json.dumps({"answer": "3"}) + "\n"
+        + json.dumps({"completion": "<answer>1,080</answer>", "answer": "1,080"})
+        + "\n"
+        + json.dumps({"answer": "3"})
+        + "\n"
     )
     out = tmp_path / "scores.jsonl"
     assert main(["rewards", "score", "--input", str(rows), "--output", str(out)]) == 1
@@ -241,7 +248,7 @@ def test_cli_rewards_score_writes_one_line_per_row_and_reports_bad_rows(tmp_path
     assert scored[0]["correctness"] == 2.0 and scored[0]["total"] == pytest.approx(0.5 + 0.5 + 0.5 + 2.0)
     assert scored[1]["int"] == 0.0 and scored[1]["correctness"] == 2.0
     err = capsys.readouterr().err
-    assert f"{rows}:2: not valid JSON" in err and f"{rows}:4: missing string field \"completion\"" in err
+    assert f"{rows}:2: not valid JSON" in err and f'{rows}:4: missing string field "completion"' in err
 
     assert main(["rewards", "score", "--input", str(rows), "--rewards", "corrected", "--output", str(out)]) == 1
     assert [json.loads(line)["number"] for line in out.read_text().splitlines()] == [0.5, 0.5]

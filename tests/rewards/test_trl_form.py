@@ -19,7 +19,7 @@ from aharl.rewards.registry import check_reward_columns, load_user_function, res
 from aharl.rewards.scoring import call_reward, reward_batch, score_batch, split_by_group
 from aharl.tracking.samples import sample_rows
 from aharl.types import Completion, Prompt, RolloutGroup
-from tests.helpers.paths import REPO, SHARED_GSM8K
+from tests.helpers.paths import SHARED_GSM8K
 from tests.rewards.trl_form_reference import BUILT_IN
 
 TRL_FILE = Path(__file__).with_name("trl_form_reference.py")
@@ -28,7 +28,9 @@ TRL_FILE = Path(__file__).with_name("trl_form_reference.py")
 def sampled_completion(rng: random.Random, gold: str) -> str:
     """A completion as a model might write one: the format right or broken in one of many ways, the answer right or not."""
     reasoning = rng.choice(["x", "Add 3 and 4.", "First 2*3=6.\nThen 6+1=7.", "", "  spaced  "])
-    answer = rng.choice([gold, gold, gold.replace(",", ""), f"{gold}.0", "-3", "1,080", str(rng.randint(0, 999)), "", f"${gold}"])
+    answer = rng.choice(
+        [gold, gold, gold.replace(",", ""), f"{gold}.0", "-3", "1,080", str(rng.randint(0, 999)), "", f"${gold}"]
+    )
     layouts = [
         "<reasoning>\n{r}\n</reasoning>\n<answer>\n{a}\n</answer>\n",
         "<reasoning>\n{r}\n</reasoning>\n<answer>\n{a}\n</answer>",
@@ -44,7 +46,9 @@ def sampled_completion(rng: random.Random, gold: str) -> str:
     return rng.choice(layouts).format(r=reasoning, a=answer)
 
 
-def test_trl_form_reference_rewards_equal_the_built_ins_bit_for_bit_on_all_gsm8k_rows_through_the_pool(ray_local, smollm2_tokenizer):
+def test_trl_form_reference_rewards_equal_the_built_ins_bit_for_bit_on_all_gsm8k_rows_through_the_pool(
+    ray_local, smollm2_tokenizer
+):
     """The acceptance check of TRL compatibility: the recipe's rewards in TRL's form, every training row, real Ray workers."""
     from aharl.runtime.reward_pool import RewardPool
 
@@ -52,7 +56,10 @@ def test_trl_form_reference_rewards_equal_the_built_ins_bit_for_bit_on_all_gsm8k
     prompts, report = build_prompts(load_rows(data), smollm2_tokenizer, data)
     assert report.rows == 7473 and len(prompts) == 7473
     rng = random.Random(0)
-    groups = [RolloutGroup(p, [Completion([1, 2], sampled_completion(rng, p.answer), "stop", [-1.0, -1.0]) for _ in range(2)]) for p in prompts]
+    groups = [
+        RolloutGroup(p, [Completion([1, 2], sampled_completion(rng, p.answer), "stop", [-1.0, -1.0]) for _ in range(2)])
+        for p in prompts
+    ]
     trl_entries = [f"{TRL_FILE}:{name}" for name in BUILT_IN]
     pool = RewardPool(RewardsConfig(functions=["reference", *trl_entries], num_workers=2, timeout_s=120))
     try:
@@ -72,17 +79,32 @@ def test_trl_form_reference_rewards_equal_the_built_ins_bit_for_bit_on_all_gsm8k
 
 def make_prompt(index: int, gold: str, **columns) -> Prompt:
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"q{index}"}]
-    return Prompt(index, f"q{index}", gold, f"t{index}", [5, 6], messages, {"question": f"q{index}", "answer": gold, **columns})
+    return Prompt(
+        index, f"q{index}", gold, f"t{index}", [5, 6], messages, {"question": f"q{index}", "answer": gold, **columns}
+    )
 
 
 def test_keyword_form_receives_what_trl_passes():
     seen = {}
 
     def reward(prompts, completions, completion_ids, trainer_state, answer, unit, **kwargs):
-        seen.update(prompts=prompts, completions=completions, ids=completion_ids, step=trainer_state, answer=answer, unit=unit, rest=sorted(kwargs))
+        seen.update(
+            prompts=prompts,
+            completions=completions,
+            ids=completion_ids,
+            step=trainer_state,
+            answer=answer,
+            unit=unit,
+            rest=sorted(kwargs),
+        )
         return [1.0] * len(completions)
 
-    groups = [RolloutGroup(make_prompt(0, "7", unit="cm"), [Completion([8, 9], "a", "stop", [0.0, 0.0]), Completion([10], "b", "length", [0.0])])]
+    groups = [
+        RolloutGroup(
+            make_prompt(0, "7", unit="cm"),
+            [Completion([8, 9], "a", "stop", [0.0, 0.0]), Completion([10], "b", "length", [0.0])],
+        )
+    ]
     batch = reward_batch(groups, RewardStep(global_step=4, max_steps=9))
     assert call_reward("r", reward, batch) == [1.0, 1.0]
     assert seen["prompts"] == [groups[0].prompt.messages] * 2
@@ -164,15 +186,20 @@ def test_logged_metrics_and_extra_columns_reach_the_step_metrics_and_samples(ray
     from aharl.runtime.reward_pool import RewardPool
 
     code = tmp_path / "logging_reward.py"
-    code.write_text(textwrap.dedent(
-        """
+    code.write_text(
+        textwrap.dedent(
+            """
         def logs(completions, log_metric, log_extra, **kwargs):
             log_metric("batch_size", len(completions))
             log_extra("length", [len(c[0]["content"]) for c in completions])
             return [1.0] * len(completions)
         """
-    ))
-    groups = [RolloutGroup(make_prompt(g, "7"), [Completion([8], "x" * (g + i), "stop", [0.0]) for i in range(2)]) for g in range(3)]
+        )
+    )
+    groups = [
+        RolloutGroup(make_prompt(g, "7"), [Completion([8], "x" * (g + i), "stop", [0.0]) for i in range(2)])
+        for g in range(3)
+    ]
     pool = RewardPool(RewardsConfig(functions=[f"{code}:logs"], num_workers=2))
     try:
         scored, metrics = pool.score_groups(groups)
@@ -199,7 +226,13 @@ def test_every_data_column_travels_with_the_prompt_and_the_answer_column_holds_t
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = DataConfig(source=str(path))
     prompts, _ = build_prompts(load_rows(data), smollm2_tokenizer, data)
-    assert prompts[0].columns == {"question": "What is 2+2?", "answer": "4", "unit": "apples", "id": 7, "tags": ["easy"]}
+    assert prompts[0].columns == {
+        "question": "What is 2+2?",
+        "answer": "4",
+        "unit": "apples",
+        "id": 7,
+        "tags": ["easy"],
+    }
     assert prompts[0].messages[-1] == {"role": "user", "content": "What is 2+2?"}
     group = RolloutGroup(prompts[0], [Completion([1], "4", "stop", [0.0])])
     scored = split_by_group([group], score_batch(reward_batch([group]), resolve_reward_functions(["correctness"])))
@@ -210,14 +243,20 @@ def test_cli_scores_trl_form_functions_with_prompts_and_columns(tmp_path, capsys
     from aharl.launch.main import main
 
     code = tmp_path / "unit_reward.py"
-    code.write_text("def unit_ok(prompts, completions, unit, **kwargs):\n    return [1.0 if u in c[0]['content'] else None for c, u in zip(completions, unit)]\n")
+    code.write_text(
+        "def unit_ok(prompts, completions, unit, **kwargs):\n    return [1.0 if u in c[0]['content'] else None for c, u in zip(completions, unit)]\n"
+    )
     rows = tmp_path / "rows.jsonl"
     prompt = [{"role": "user", "content": "how far?"}]
     rows.write_text(
-        json.dumps({"completion": "5 km", "answer": "5", "unit": "km", "prompt": prompt}) + "\n"
-        + json.dumps({"completion": "5", "answer": "5", "unit": "km", "prompt": prompt}) + "\n"
+        json.dumps({"completion": "5 km", "answer": "5", "unit": "km", "prompt": prompt})
+        + "\n"
+        + json.dumps({"completion": "5", "answer": "5", "unit": "km", "prompt": prompt})
+        + "\n"
     )
-    assert main(["rewards", "score", "--input", str(rows), "--rewards", f"{code}:unit_ok,{TRL_FILE}:int_reward_func"]) == 0
+    assert (
+        main(["rewards", "score", "--input", str(rows), "--rewards", f"{code}:unit_ok,{TRL_FILE}:int_reward_func"]) == 0
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line[f"{code}:unit_ok"] for line in lines] == [1.0, None]
     assert [line["total"] for line in lines] == [1.0, 0.5]
@@ -225,6 +264,7 @@ def test_cli_scores_trl_form_functions_with_prompts_and_columns(tmp_path, capsys
 
 def test_an_empty_chunk_calls_no_function():
     """A pool with more workers than rows sends empty chunks; TRL-form code such as ``prompts[0]`` must not see them."""
+
     def reads_first_prompt(prompts, completions, **kwargs):
         return [float(len(prompts[0]))] * len(completions)
 

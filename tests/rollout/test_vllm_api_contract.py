@@ -25,7 +25,11 @@ CALLS = [
     ("vllm.LLM.collective_rpc", {"args"}, 1),
     ("vllm.LLM.generate", {"use_tqdm"}, 2),
     ("vllm.LLM.get_tokenizer", set(), 0),
-    ("vllm.SamplingParams", {"n", "temperature", "top_p", "max_tokens", "seed", "logprobs", "ignore_eos", "prompt_logprobs"}, 0),
+    (
+        "vllm.SamplingParams",
+        {"n", "temperature", "top_p", "max_tokens", "seed", "logprobs", "ignore_eos", "prompt_logprobs"},
+        0,
+    ),
     ("vllm.distributed.utils.StatelessProcessGroup.create", {"host", "port", "rank", "world_size"}, 0),
     ("vllm.distributed.device_communicators.pynccl.PyNcclCommunicator", {"device"}, 1),
     ("vllm.distributed.device_communicators.pynccl.PyNcclCommunicator.broadcast", {"src", "stream"}, 1),
@@ -54,7 +58,9 @@ def resolve(path: str):
 @pytest.mark.parametrize("path, keywords, positional", CALLS, ids=[c[0] for c in CALLS])
 def test_the_call_matches_the_installed_signature(path, keywords, positional):
     target = resolve(path)
-    signature = inspect.signature(target.__init__ if inspect.isclass(target) and path.endswith("Communicator") else target)
+    signature = inspect.signature(
+        target.__init__ if inspect.isclass(target) and path.endswith("Communicator") else target
+    )
     params = [p for p in signature.parameters.values() if p.name != "self"]
     names = {p.name for p in params}
     assert keywords <= names, f"{path} lost {sorted(keywords - names)}"

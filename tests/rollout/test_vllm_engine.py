@@ -94,8 +94,17 @@ def test_a_sync_step_discards_the_weights_and_a_plain_step_keeps_them():
     engine.wake_kv_cache()
     engine.generate([], settings)
     assert engine.llm.calls == [
-        ("sleep", 2), ("wake_up", ("weights",)), ("rpc", "load_from_files"), ("reset_prefix_cache",), ("wake_up", ("kv_cache",)), ("generate",),
-        ("sleep", 1), ("wake_up", ("weights",)), ("reset_prefix_cache",), ("wake_up", ("kv_cache",)), ("generate",),
+        ("sleep", 2),
+        ("wake_up", ("weights",)),
+        ("rpc", "load_from_files"),
+        ("reset_prefix_cache",),
+        ("wake_up", ("kv_cache",)),
+        ("generate",),
+        ("sleep", 1),
+        ("wake_up", ("weights",)),
+        ("reset_prefix_cache",),
+        ("wake_up", ("kv_cache",)),
+        ("generate",),
     ]
 
 

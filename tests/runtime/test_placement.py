@@ -76,7 +76,9 @@ def test_gpu_pairings_that_cannot_work_are_refused(method, layout_name):
     with pytest.raises(AharlError, match=f"`sync.method` = {method}"):
         load_config(ONE_GPU, overrides)  # placement.device=auto: a GPU machine would run it
     cpu_only = load_config(ONE_GPU, [*overrides, "placement.device=cpu"])
-    with pytest.raises(AharlError, match=f"sync.method={method} cannot run with placement.layout={layout_name} on GPUs"):
+    with pytest.raises(
+        AharlError, match=f"sync.method={method} cannot run with placement.layout={layout_name} on GPUs"
+    ):
         sync_method(cpu_only, "cuda")
 
 

@@ -18,7 +18,9 @@ ONE_GPU = CONFIGS / "gsm8k-qwen2.5-0.5b-3090.yaml"
 
 
 def config_with(*overrides: str):
-    return load_config(ONE_GPU, ["placement.device=cpu", "learner.prompts_per_step=4", "learner.micro_batch_prompts=1", *overrides])
+    return load_config(
+        ONE_GPU, ["placement.device=cpu", "learner.prompts_per_step=4", "learner.micro_batch_prompts=1", *overrides]
+    )
 
 
 def test_prompts_split_in_order_with_sizes_differing_by_at_most_one():
@@ -30,14 +32,18 @@ def test_prompts_split_in_order_with_sizes_differing_by_at_most_one():
 
 def test_a_groups_seed_depends_on_the_step_and_the_prompt_only():
     step3 = SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_tokens=4, seed=3)
-    assert step3.prompt_seed(17) == SamplingSettings(n=8, temperature=0.5, top_p=0.9, max_tokens=9, seed=3).prompt_seed(17)
+    assert step3.prompt_seed(17) == SamplingSettings(n=8, temperature=0.5, top_p=0.9, max_tokens=9, seed=3).prompt_seed(
+        17
+    )
     seeds = {SamplingSettings(2, 1.0, 1.0, 4, s).prompt_seed(i) for s in range(20) for i in range(500)}
     assert len(seeds) == 20 * 500  # no two (step, prompt) pairs share noise
 
 
 @pytest.mark.parametrize("layout", ["colocate", "separate"])
 def test_cpu_layouts_place_every_rank_and_engine(layout):
-    plan = plan_layout(config_with(f"placement.layout={layout}", "placement.learner_gpus=2", "rollout.num_engines=2"), "cpu")
+    plan = plan_layout(
+        config_with(f"placement.layout={layout}", "placement.learner_gpus=2", "rollout.num_engines=2"), "cpu"
+    )
     assert len(plan.learners) == 2 and len(plan.rollouts) == 2
     if layout == "colocate":  # engine e beside rank e
         assert [s.bundle_index for s in plan.learners] == [s.bundle_index for s in plan.rollouts] == [0, 1]
@@ -57,21 +63,46 @@ def test_colocated_gpus_each_hold_a_rank_and_an_engine():
         assert rank.bundle_index == engine.bundle_index
         assert rank.num_gpus + engine.num_gpus == pytest.approx(1.0)
     with pytest.raises(AharlError, match="one engine per learner GPU"):
-        plan_layout(load_config(ONE_GPU, ["placement.learner_gpus=2", "rollout.num_engines=3", "learner.prompts_per_step=4",
-                                          "learner.micro_batch_prompts=1"]), "cuda")
+        plan_layout(
+            load_config(
+                ONE_GPU,
+                [
+                    "placement.learner_gpus=2",
+                    "rollout.num_engines=3",
+                    "learner.prompts_per_step=4",
+                    "learner.micro_batch_prompts=1",
+                ],
+            ),
+            "cuda",
+        )
 
 
 def test_separate_engines_get_their_own_tensor_parallel_gpus():
-    config = load_config(ONE_GPU, ["placement.layout=separate", "placement.learner_gpus=2", "placement.rollout_gpus=2", "rollout.num_engines=3",
-                                   "sync.method=auto"])
+    config = load_config(
+        ONE_GPU,
+        [
+            "placement.layout=separate",
+            "placement.learner_gpus=2",
+            "placement.rollout_gpus=2",
+            "rollout.num_engines=3",
+            "sync.method=auto",
+        ],
+    )
     plan = plan_layout(config, "cuda")
     assert plan.bundles[2:] == [{"GPU": 2.0, "CPU": 1.0}] * 3
     assert [s.bundle_index for s in plan.rollouts] == [2, 3, 4]
 
 
 def test_custom_resources_pin_each_role_to_its_nodes():
-    plan = plan_layout(config_with("placement.layout=separate", "placement.learner_resources={learner_node: 0.01}",
-                                   "placement.rollout_resources={rollout_node: 0.01}", "sync.method=auto"), "cpu")
+    plan = plan_layout(
+        config_with(
+            "placement.layout=separate",
+            "placement.learner_resources={learner_node: 0.01}",
+            "placement.rollout_resources={rollout_node: 0.01}",
+            "sync.method=auto",
+        ),
+        "cpu",
+    )
     assert plan.bundles[0] == {"CPU": 0.5, "learner_node": 0.01}
     assert plan.bundles[1] == {"CPU": 0.5, "rollout_node": 0.01}
 
@@ -85,12 +116,21 @@ def test_bad_custom_resources_are_one_line(bad):
 def test_sync_gap_is_pooled_per_engine_over_ranks_and_reported_as_the_worst():
     # Rank 0 saw 10 tokens of engine 0 (gap sum 1.0); rank 1 saw 30 tokens of engine 0 (sum 1.0) and 10 of engine 1 (sum 5.0).
     rank0 = {"loss": 0.25, "grad_norm": 2.0, "_sync/diff_sum/0": 1.0, "_sync/tokens/0": 10.0, "sync/logp_diff": 0.1}
-    rank1 = {"loss": 0.5, "grad_norm": 2.0, "_sync/diff_sum/0": 1.0, "_sync/tokens/0": 30.0, "_sync/diff_sum/1": 5.0, "_sync/tokens/1": 10.0,
-             "sync/logp_diff": 0.5}
+    rank1 = {
+        "loss": 0.5,
+        "grad_norm": 2.0,
+        "_sync/diff_sum/0": 1.0,
+        "_sync/tokens/0": 30.0,
+        "_sync/diff_sum/1": 5.0,
+        "_sync/tokens/1": 10.0,
+        "sync/logp_diff": 0.5,
+    }
     merged = pool_rank_metrics([rank0, rank1], num_engines=2)
     assert merged["loss"] == 0.75  # each rank's loss is its share of the step's
     assert merged["grad_norm"] == 2.0
-    assert merged["sync/logp_diff/engine0"] == pytest.approx(2.0 / 40)  # token-weighted, not a mean of rank means (0.075)
+    assert merged["sync/logp_diff/engine0"] == pytest.approx(
+        2.0 / 40
+    )  # token-weighted, not a mean of rank means (0.075)
     assert merged["sync/logp_diff/engine1"] == pytest.approx(0.5)
     assert merged["sync/logp_diff"] == pytest.approx(0.5)
     assert not any(key.startswith("_") for key in merged)
@@ -121,7 +161,11 @@ def test_colocated_cuda_ipc_pairs_are_judged_per_gpu():
 
 def test_engines_on_one_node_split_its_cores():
     shares = engine_core_shares(["a", "b", "a"])
-    assert shares == {0: {"AHARL_CPU_CORE_SHARE": "0/2"}, 1: {"AHARL_CPU_CORE_SHARE": "0/1"}, 2: {"AHARL_CPU_CORE_SHARE": "1/2"}}
+    assert shares == {
+        0: {"AHARL_CPU_CORE_SHARE": "0/2"},
+        1: {"AHARL_CPU_CORE_SHARE": "0/1"},
+        2: {"AHARL_CPU_CORE_SHARE": "1/2"},
+    }
     cores = [0, 1, 2, 3, 4]
     assert core_share(cores, "0/1") == cores
     assert core_share(cores, "0/2") + core_share(cores, "1/2") == cores

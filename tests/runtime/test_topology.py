@@ -21,7 +21,13 @@ AUTO = ["sync.method=auto"]  # what the shipped GPU configs say
         (ONE_GPU, Topology(("NVIDIA A100-SXM4-40GB MIG 1g.5gb",), cuda_ipc=False), "shm", {}, "VM, MIG slice"),
         (ONE_GPU, Topology(), "cuda_ipc", {}, "not probed"),
         (TWO_GPU, Topology(("NVIDIA H100 80GB HBM3",) * 2, peer_to_peer=True), "nccl", {}, "their own GPUs"),
-        (TWO_GPU, Topology(("NVIDIA GeForce RTX 4090",) * 2, peer_to_peer=False), "nccl", {"NCCL_P2P_DISABLE": "1"}, "no peer-to-peer"),
+        (
+            TWO_GPU,
+            Topology(("NVIDIA GeForce RTX 4090",) * 2, peer_to_peer=False),
+            "nccl",
+            {"NCCL_P2P_DISABLE": "1"},
+            "no peer-to-peer",
+        ),
         (TWO_GPU, Topology(("NVIDIA GeForce RTX 3090",)), "nccl", {"NCCL_P2P_DISABLE": "1"}, "consumer cards"),
         (TWO_GPU, Topology(("NVIDIA H100 80GB HBM3",)), "nccl", {}, "their own GPUs"),
     ],
@@ -37,7 +43,10 @@ def test_an_explicit_method_is_kept_and_cpu_runs_use_shared_memory_files():
     refused = Topology(("NVIDIA GeForce RTX 3090",), cuda_ipc=False)
     assert choose_sync(load_config(ONE_GPU, ["sync.method=cuda_ipc"]), "cuda", refused).method == "cuda_ipc"
     assert choose_sync(load_config(ONE_GPU, AUTO), "cpu", Topology()).method == "shm"
-    assert choose_sync(load_config(ONE_GPU, ["sync.method=nccl", "placement.device=cpu"]), "cpu", Topology()).method == "nccl"
+    assert (
+        choose_sync(load_config(ONE_GPU, ["sync.method=nccl", "placement.device=cpu"]), "cpu", Topology()).method
+        == "nccl"
+    )
     assert choose_sync(load_config(TWO_GPU, [*AUTO, "rollout.backend=hf"]), "cuda", Topology()).method == "shm"
 
 

@@ -15,8 +15,21 @@ from aharl.sync.cuda_ipc import from_wire, to_wire
 # The shape of rebuild_cuda_tensor's arguments for a packed uint8 bucket (a CPU
 # machine cannot make a real handle; the types are what matter to the encoder).
 REBUILD_ARGS = (
-    torch.Tensor, torch.Size([4096]), (1,), 0, torch.storage.TypedStorage, torch.uint8, 0,
-    b"\x01cuda-ipc-handle", 4096, 512, False, b"ref-counter", 8, b"event", True,
+    torch.Tensor,
+    torch.Size([4096]),
+    (1,),
+    0,
+    torch.storage.TypedStorage,
+    torch.uint8,
+    0,
+    b"\x01cuda-ipc-handle",
+    4096,
+    512,
+    False,
+    b"ref-counter",
+    8,
+    b"event",
+    True,
 )
 
 

@@ -55,7 +55,9 @@ def test_a_failed_write_leaves_the_previous_checkpoint_latest_and_gives_its_spac
 
     with pytest.raises(OSError):
         write_checkpoint(root, 2, dies_half_way, state(2), keep_last=3)
-    assert not (root / f"{STAGING_PREFIX}{checkpoint_name(2)}").exists()  # removed at once: a full disk gets its space back
+    assert not (
+        root / f"{STAGING_PREFIX}{checkpoint_name(2)}"
+    ).exists()  # removed at once: a full disk gets its space back
     assert latest_checkpoint(root) == root / checkpoint_name(1)
     assert (latest_checkpoint(root) / "payload.txt").read_text() == "good"
     (root / f"{STAGING_PREFIX}{checkpoint_name(2)}").mkdir()  # as a kill mid-write leaves it
@@ -118,9 +120,22 @@ def test_train_with_a_missing_resume_path_fails_in_one_line_before_starting(tmp_
     from tests.helpers.paths import REPO
 
     done = subprocess.run(
-        [sys.executable, "-m", "aharl.launch.main", "train", "configs/quickstart.yaml", f"resume={tmp_path / 'gone'}", f"logging.output_dir={tmp_path}"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "aharl.launch.main",
+            "train",
+            "configs/quickstart.yaml",
+            f"resume={tmp_path / 'gone'}",
+            f"logging.output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"aharl: error: resume={tmp_path / 'gone'}: no checkpoint there; pass runs/NAME/checkpoints/step-N, a run directory (runs/NAME), or resume=auto"]
+    assert done.stderr.strip().splitlines() == [
+        f"aharl: error: resume={tmp_path / 'gone'}: no checkpoint there; pass runs/NAME/checkpoints/step-N, a run directory (runs/NAME), or resume=auto"
+    ]
     assert not (tmp_path / "quickstart").exists()  # nothing started, nothing written

@@ -33,11 +33,25 @@ def test_step_lines_carry_the_eta_when_there_is_no_terminal():
 def write_metrics(run_dir, steps: int) -> None:
     rows = [{"step": 0, "eval/accuracy_numeric": 0.1, "eval/accuracy_exact": 0.0}]
     for s in range(1, steps + 1):
-        rows.append({
-            "step": s, "reward/total": s / steps, "reward/answer_number": s / (2 * steps), "reward/brevity": 0.25,
-            "reward/errors": 0.0, "reward/zero_spread_groups": 0.5, "kl": 0.001 * s, "completion/length": 40 - s,
-            "completion/max_length": 48, "time/step": 17.5, "time/generate": 2.0, "time/reward": 0.01, "time/reference": 0.0, "time/train": 15.0, "time/sync": 0.5,
-        })
+        rows.append(
+            {
+                "step": s,
+                "reward/total": s / steps,
+                "reward/answer_number": s / (2 * steps),
+                "reward/brevity": 0.25,
+                "reward/errors": 0.0,
+                "reward/zero_spread_groups": 0.5,
+                "kl": 0.001 * s,
+                "completion/length": 40 - s,
+                "completion/max_length": 48,
+                "time/step": 17.5,
+                "time/generate": 2.0,
+                "time/reward": 0.01,
+                "time/reference": 0.0,
+                "time/train": 15.0,
+                "time/sync": 0.5,
+            }
+        )
     rows.append({"step": steps, "eval/accuracy_numeric": 0.6, "eval/accuracy_exact": 0.1})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 99, "rew')
 
@@ -77,8 +91,13 @@ def isolated_wandb(tmp_path, monkeypatch):
     if "WANDB_SERVICE" in os.environ:  # a service of a parent process, not ours
         monkeypatch.delenv("WANDB_SERVICE")
     home = tmp_path / "wandb-home"
-    for var, sub in (("WANDB_DIR", "dir"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
-                     ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+    for var, sub in (
+        ("WANDB_DIR", "dir"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ):
         (home / sub).mkdir(parents=True)
         monkeypatch.setenv(var, str(home / sub))
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -91,7 +110,11 @@ def test_wandb_offline_writes_a_run_directory_with_metrics_and_sample_tables(tmp
     run_dir.mkdir()
     config = load_config(None, ["logging.wandb_mode=offline", "logging.wandb_project=aharl-test"])
     run = WandbRun(config, run_dir)
-    run.log(1, {"reward/total": 0.25, "kl": 0.0}, [{"question": "2 + 2?", "gold": "4", "completion": "It is 4.", "reward": 1.0}])
+    run.log(
+        1,
+        {"reward/total": 0.25, "kl": 0.0},
+        [{"question": "2 + 2?", "gold": "4", "completion": "It is 4.", "reward": 1.0}],
+    )
     run.log(2, {"reward/total": 0.5, "kl": 0.01})
     run_id = run.run_id
     run.finish()  # returns once the data is on disk: the file is read at once, in this process

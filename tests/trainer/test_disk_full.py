@@ -18,8 +18,8 @@ import subprocess
 import pytest
 
 from aharl.tracking.checkpoints import STAGING_PREFIX, checkpoint_name, list_checkpoints, read_checkpoint
-from tests.helpers.toy import toy_overrides, toy_workspace
 from tests.helpers.runs import aharl_train, last_line, run
+from tests.helpers.toy import toy_overrides, toy_workspace
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,9 +38,20 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_resume_continues(tmp_path, small_disk, smollm2_tokenizer):
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_resume_continues(
+    tmp_path, small_disk, smollm2_tokenizer
+):
     model_dir, reward_file = toy_workspace(tmp_path, smollm2_tokenizer)
-    argv = aharl_train(*toy_overrides(model_dir, small_disk, reward_file, "learner.max_steps=3", "checkpoint.every_steps=1", "checkpoint.keep_last=2"))
+    argv = aharl_train(
+        *toy_overrides(
+            model_dir,
+            small_disk,
+            reward_file,
+            "learner.max_steps=3",
+            "checkpoint.every_steps=1",
+            "checkpoint.keep_last=2",
+        )
+    )
     checkpoints = small_disk / "toy" / "checkpoints"
 
     full = run(argv, tmp_path / "full.log")
@@ -48,8 +59,13 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_resume_conti
     assert full.returncode == 3, log[-3000:]
     assert "Traceback" not in log and not full.orphans
     line = last_line(log)
-    assert line.startswith("aharl: error: step 2: could not write the step-2 checkpoint (") and "No space left on device" in line
-    assert line.endswith(f"it was discarded; the last complete checkpoint is {checkpoints / checkpoint_name(1)} (continue with: aharl train <config> resume=auto)")
+    assert (
+        line.startswith("aharl: error: step 2: could not write the step-2 checkpoint (")
+        and "No space left on device" in line
+    )
+    assert line.endswith(
+        f"it was discarded; the last complete checkpoint is {checkpoints / checkpoint_name(1)} (continue with: aharl train <config> resume=auto)"
+    )
     # Nothing half-written is left taking the space; step 1 is whole and readable.
     assert sorted(p.name for p in checkpoints.iterdir()) == [checkpoint_name(1)]
     assert not list(checkpoints.glob(f"{STAGING_PREFIX}*"))

@@ -24,8 +24,8 @@ import pytest
 from safetensors.torch import load_file
 
 from aharl.tracking.checkpoints import checkpoint_name
-from tests.helpers.toy import toy_overrides, toy_workspace
 from tests.helpers.runs import aharl_train, last_line, run
+from tests.helpers.toy import toy_overrides, toy_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,11 @@ SECRET = "wandb-key-that-must-not-leak-0123456789"
 
 
 def rows_by_step(run_dir: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    return {
+        r["step"]: r
+        for r in (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
 
 
 def weights(run_dir: Path, step: int) -> dict:
@@ -45,10 +49,17 @@ def weights(run_dir: Path, step: int) -> dict:
 def runs(tmp_path_factory, smollm2_tokenizer):
     root = tmp_path_factory.mktemp("faults")
     model_dir, reward_file = toy_workspace(root, smollm2_tokenizer)
-    argv = aharl_train(*toy_overrides(
-        model_dir, root / "runs", reward_file, f"learner.max_steps={STEPS}", "checkpoint.every_steps=1",
-        "checkpoint.keep_last=10", "learner.max_skipped_in_a_row=2",
-    ))
+    argv = aharl_train(
+        *toy_overrides(
+            model_dir,
+            root / "runs",
+            reward_file,
+            f"learner.max_steps={STEPS}",
+            "checkpoint.every_steps=1",
+            "checkpoint.keep_last=10",
+            "learner.max_skipped_in_a_row=2",
+        )
+    )
     results = {"run_dir": root / "runs" / "toy"}
     # Two micro-batches a step: the loss's calls 3 and 5 are the first micro-batches of steps 2 and 3.
     for name, extra, failpoints in [
@@ -59,7 +70,12 @@ def runs(tmp_path_factory, smollm2_tokenizer):
     ]:
         log = root / f"{name}.log"
         done = run([*argv, *extra], log, failpoints, env={"WANDB_API_KEY": SECRET})
-        results[name] = {"returncode": done.returncode, "orphans": done.orphans, "leaked_shm": done.leaked_shm, "log": log.read_text()}
+        results[name] = {
+            "returncode": done.returncode,
+            "orphans": done.orphans,
+            "leaked_shm": done.leaked_shm,
+            "log": log.read_text(),
+        }
         results[name]["rows"] = rows_by_step(results["run_dir"])
     return results
 
@@ -90,7 +106,9 @@ def test_a_dead_learner_ends_the_run_with_one_line_and_its_last_checkpoint_resum
     assert "Traceback" not in died["log"] and not died["orphans"] and not died["leaked_shm"]
     line = last_line(died["log"])
     assert line.startswith("aharl: error: step 5: learner rank 0 died during the update (")
-    assert line.endswith(f"the last complete checkpoint is {checkpoints / checkpoint_name(4)} (continue with: aharl train <config> resume=auto)")
+    assert line.endswith(
+        f"the last complete checkpoint is {checkpoints / checkpoint_name(4)} (continue with: aharl train <config> resume=auto)"
+    )
     # The update after the skips trained (the weights moved), and its checkpoint resumes the run to its end.
     three, four = weights(runs["run_dir"], 3), weights(runs["run_dir"], 4)
     assert any((three[k] != four[k]).any() for k in three)

@@ -22,10 +22,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from aharl.modelhub import SMOLLM2_ALIAS, resolve_model_path
 from aharl.tracking.checkpoints import checkpoint_name
 from aharl.trainer import loop
 from tests.helpers.toy import toy_config, toy_workspace
-from aharl.modelhub import SMOLLM2_ALIAS, resolve_model_path
 from tests.trainer.test_training_e2e import learned, reward_curve
 
 pytestmark = pytest.mark.slow
@@ -57,8 +57,16 @@ def toy(tmp_path_factory, smollm2_tokenizer):
 def lora_run(ray_local, toy):
     model_dir, reward_file, root = toy
     # A checkpoint every step, the last five kept: the resume point and the step after it survive.
-    config = toy_config(model_dir, root / "runs", reward_file, *LORA, f"learner.max_steps={LEARN_STEPS}", "logging.run_name=lora",
-                        "checkpoint.every_steps=1", "checkpoint.keep_last=5")
+    config = toy_config(
+        model_dir,
+        root / "runs",
+        reward_file,
+        *LORA,
+        f"learner.max_steps={LEARN_STEPS}",
+        "logging.run_name=lora",
+        "checkpoint.every_steps=1",
+        "checkpoint.keep_last=5",
+    )
     return loop.train(config)
 
 
@@ -67,20 +75,31 @@ def test_lora_learns_with_exact_sync_and_exports_the_merged_policy(lora_run):
     history = lora_run.history
     first, last = reward_curve(history)
     assert learned(history), f"mean reward went from {first:.3f} to {last:.3f}"
-    assert max(m["sync/logp_diff"] for m in history) < 1e-3, "vLLM did not receive the merged adapters after some update"
+    assert max(m["sync/logp_diff"] for m in history) < 1e-3, (
+        "vLLM did not receive the merged adapters after some update"
+    )
 
     initial = load_file(model_dir / "model.safetensors")
     final = load_file(lora_run.run_dir / "final" / "model.safetensors")
     assert final.keys() == initial.keys(), "the export is not the base model's layout"
     moved = {k for k in final if not torch.equal(final[k], initial[k])}
-    assert moved and all(k.endswith("proj.weight") for k in moved), f"weights outside the adapted layers moved: {sorted(moved)[:5]}"
+    assert moved and all(k.endswith("proj.weight") for k in moved), (
+        f"weights outside the adapted layers moved: {sorted(moved)[:5]}"
+    )
     assert json.loads((lora_run.run_dir / "final" / "adapter" / "adapter_config.json").read_text())["r"] == 8
 
 
 def test_lora_does_not_learn_without_the_weight_sync(ray_local, toy):
     model_dir, reward_file, root = toy
-    config = toy_config(model_dir, root / "runs", reward_file, *LORA, f"learner.max_steps={LEARN_STEPS}", "logging.run_name=nosync",
-                        "sync.interval_steps=1000")
+    config = toy_config(
+        model_dir,
+        root / "runs",
+        reward_file,
+        *LORA,
+        f"learner.max_steps={LEARN_STEPS}",
+        "logging.run_name=nosync",
+        "sync.interval_steps=1000",
+    )
     history = loop.train(config).history
     assert not learned(history)
     assert max(m["sync/logp_diff"] for m in history[1:]) > 1e-2
@@ -91,11 +110,22 @@ def test_an_adapter_checkpoint_resumes_to_the_same_weights(ray_local, toy, lora_
     _, reward_file, root = toy
     model_dir = Path(resolve_model_path(SMOLLM2_ALIAS))
     checkpoints = lora_run.run_dir / "checkpoints"
-    state_bytes = sum(f.stat().st_size for f in (checkpoints / checkpoint_name(RESUME_FROM) / "learner").rglob("*model_states*"))
+    state_bytes = sum(
+        f.stat().st_size for f in (checkpoints / checkpoint_name(RESUME_FROM) / "learner").rglob("*model_states*")
+    )
     assert state_bytes < (model_dir / "model.safetensors").stat().st_size / 10, "the checkpoint holds the frozen base"
 
-    loop.train(toy_config(model_dir, root / "runs", reward_file, *LORA, f"learner.max_steps={RESUME_FROM + 1}",
-                          "logging.run_name=branch", f"resume={checkpoints / checkpoint_name(RESUME_FROM)}"))
+    loop.train(
+        toy_config(
+            model_dir,
+            root / "runs",
+            reward_file,
+            *LORA,
+            f"learner.max_steps={RESUME_FROM + 1}",
+            "logging.run_name=branch",
+            f"resume={checkpoints / checkpoint_name(RESUME_FROM)}",
+        )
+    )
     branch = load_file(root / "runs" / "branch" / "final" / "model.safetensors")
     straight = load_file(checkpoints / checkpoint_name(RESUME_FROM + 1) / "hf" / "model.safetensors")
     resumed_from = load_file(checkpoints / checkpoint_name(RESUME_FROM) / "hf" / "model.safetensors")

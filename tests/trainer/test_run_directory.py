@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from aharl.launch.main import main
 from aharl.config import dump_config, load_config
 from aharl.errors import AharlError
+from aharl.launch.main import main
 from aharl.tracking.checkpoints import STATE_FILE, TrainerState, checkpoint_name
 from aharl.trainer.lifecycle import LOCK_FILE, lock_run_directory, prepare_run_directory
 from aharl.trainer.resume_rules import config_changes
@@ -65,8 +65,15 @@ def test_a_second_run_on_the_same_directory_is_refused_and_touches_nothing(tmp_p
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from aharl.trainer.lifecycle import lock_run_directory as l; l(__import__('pathlib').Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)", str(run_dir)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from aharl.trainer.lifecycle import lock_run_directory as l; l(__import__('pathlib').Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -95,22 +102,28 @@ def test_resume_with_a_changed_math_key_is_refused_naming_the_key(tmp_path, smol
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert f"cannot resume from {checkpoint} with a changed `rollout.n` (4 in the checkpoint, {config.rollout.n} now)" in err
+    assert (
+        f"cannot resume from {checkpoint} with a changed `rollout.n` (4 in the checkpoint, {config.rollout.n} now)"
+        in err
+    )
     # The run's own config.yaml still describes the run that wrote the checkpoint.
     assert (tmp_path / "runs" / "toy" / "config.yaml").read_text() == saved
 
 
-@pytest.mark.parametrize("changed, allowed", [
-    (["learner.max_steps=40", "logging.every_steps=5", "rollout.num_engines=2", "sync.timeout_s=60"], True),
-    (["model.path=other"], False),
-    (["data.seed=1"], False),
-    (["rollout.n=4"], False),
-    (["rollout.temperature=0.5"], False),
-    (["grpo.beta=0.1"], False),
-    (["learner.lr=1e-3"], False),
-    (["placement.learner_gpus=2", "learner.prompts_per_step=4", "learner.micro_batch_prompts=1"], False),
-    (["eval.num_questions=7"], False),  # the held-out split decides the training prompts
-])
+@pytest.mark.parametrize(
+    "changed, allowed",
+    [
+        (["learner.max_steps=40", "logging.every_steps=5", "rollout.num_engines=2", "sync.timeout_s=60"], True),
+        (["model.path=other"], False),
+        (["data.seed=1"], False),
+        (["rollout.n=4"], False),
+        (["rollout.temperature=0.5"], False),
+        (["grpo.beta=0.1"], False),
+        (["learner.lr=1e-3"], False),
+        (["placement.learner_gpus=2", "learner.prompts_per_step=4", "learner.micro_batch_prompts=1"], False),
+        (["eval.num_questions=7"], False),  # the held-out split decides the training prompts
+    ],
+)
 def test_what_a_resume_may_change(changed, allowed):
     saved = dump_config(load_config(None, []))
     allowed_keys, refused = config_changes(saved, load_config(None, changed).to_dict())

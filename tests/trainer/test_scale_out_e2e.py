@@ -47,8 +47,16 @@ def test_every_engine_receives_every_sync_with_two_ranks(ray_local, toy):
     from aharl.runtime.weight_sync import TRANSPORTS
 
     model_dir, reward_file, root = toy
-    config = toy_config(model_dir, root / "runs", reward_file, "learner.lr=5e-2", "placement.device=cpu", "placement.learner_gpus=2",
-                        "rollout.num_engines=2", "sync.bucket_mb=1")
+    config = toy_config(
+        model_dir,
+        root / "runs",
+        reward_file,
+        "learner.lr=5e-2",
+        "placement.device=cpu",
+        "placement.learner_gpus=2",
+        "rollout.num_engines=2",
+        "sync.bucket_mb=1",
+    )
     tokenizer = load_tokenizer(str(model_dir))
     prompts, _ = build_prompts(load_rows(config.data), tokenizer, config.data)
     n = config.rollout.n
@@ -72,15 +80,29 @@ def test_every_engine_receives_every_sync_with_two_ranks(ray_local, toy):
                 assert [g.prompt.index for g in groups] == [p.index for p in prompts[:4]]
                 assert [g.engine for g in groups] == [0, 0, 1, 1]
                 alone = ray.get(cluster.rollouts[0].generate.remote(prompts[:4], settings))
-                assert [[c.token_ids for c in g.completions] for g in groups] == [[c.token_ids for c in g.completions] for g in alone]
+                assert [[c.token_ids for c in g.completions] for g in groups] == [
+                    [c.token_ids for c in g.completions] for g in alone
+                ]
             totals = [float(i % 3) for i in range(4 * n)]
-            scored = [ScoredGroup(g, {"r": totals[i * n : (i + 1) * n]}, totals[i * n : (i + 1) * n]) for i, g in enumerate(groups)]
-            batches = build_micro_batches(scored, loop.group_advantages(torch.tensor(totals), n), 2, tokenizer.pad_token_id)
-            metrics = cluster.train_step(batches, num_sequences=len(totals), num_tokens=sum(b.completion_mask.sum().item() for b in batches))
+            scored = [
+                ScoredGroup(g, {"r": totals[i * n : (i + 1) * n]}, totals[i * n : (i + 1) * n])
+                for i, g in enumerate(groups)
+            ]
+            batches = build_micro_batches(
+                scored, loop.group_advantages(torch.tensor(totals), n), 2, tokenizer.pad_token_id
+            )
+            metrics = cluster.train_step(
+                batches, num_sequences=len(totals), num_tokens=sum(b.completion_mask.sum().item() for b in batches)
+            )
             # Both engines sampled with the learner's weights of the moment (the initial ones, then each sync's).
-            assert metrics["sync/logp_diff/engine0"] < SYNC_ATOL and metrics["sync/logp_diff/engine1"] < SYNC_ATOL, (method, metrics)
+            assert metrics["sync/logp_diff/engine0"] < SYNC_ATOL and metrics["sync/logp_diff/engine1"] < SYNC_ATOL, (
+                method,
+                metrics,
+            )
             assert min(gap(0), gap(1)) > 100 * SYNC_ATOL, "the update did not change the learner"
-            cluster.sync = TRANSPORTS[method](cluster.learners, cluster.rollouts, "scale-out", config.sync.timeout_s, 1, meet)
+            cluster.sync = TRANSPORTS[method](
+                cluster.learners, cluster.rollouts, "scale-out", config.sync.timeout_s, 1, meet
+            )
             cluster.sleep_rollout(keep_weights=False)
             assert cluster.sync_weights()["sync/tensors"] > 0
             assert gap(0) < SYNC_ATOL, f"{method}: engine 0 kept stale weights"
@@ -91,8 +113,17 @@ def test_every_engine_receives_every_sync_with_two_ranks(ray_local, toy):
 
 def test_training_with_two_ranks_and_two_engines_raises_the_reward(ray_local, toy):
     model_dir, reward_file, root = toy
-    result = loop.train(toy_config(model_dir, root / "learn-2x2", reward_file, "placement.device=cpu", "placement.learner_gpus=2", "rollout.num_engines=2",
-                                "learner.max_steps=24"))
+    result = loop.train(
+        toy_config(
+            model_dir,
+            root / "learn-2x2",
+            reward_file,
+            "placement.device=cpu",
+            "placement.learner_gpus=2",
+            "rollout.num_engines=2",
+            "learner.max_steps=24",
+        )
+    )
     history = result.history
     first = sum(m["reward/total"] for m in history[:3]) / 3
     last = sum(m["reward/total"] for m in history[-3:]) / 3

@@ -23,7 +23,6 @@ from tests.helpers.toy import toy_overrides, toy_workspace
 pytestmark = pytest.mark.slow
 
 
-
 def metric_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -36,9 +35,15 @@ def logged_steps(run_dir: Path) -> list[int]:
 def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp_path, smollm2_tokenizer):
     model_dir, reward_file = toy_workspace(tmp_path, smollm2_tokenizer)
     overrides = toy_overrides(
-        model_dir, tmp_path / "runs", reward_file,
-        "learner.max_steps=40", "checkpoint.every_steps=100", "logging.wandb_mode=offline", "logging.plots=true",
-        "eval.num_questions=8", "eval.report_questions=4",
+        model_dir,
+        tmp_path / "runs",
+        reward_file,
+        "learner.max_steps=40",
+        "checkpoint.every_steps=100",
+        "logging.wandb_mode=offline",
+        "logging.plots=true",
+        "eval.num_questions=8",
+        "eval.report_questions=4",
     )
     command = [sys.executable, "-m", "aharl.launch.main", "train", str(EMPTY_CONFIG), *overrides]
     env = {**os.environ, "WANDB_SILENT": "true"}
@@ -46,8 +51,14 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp
     # SIGTERM to the driver (as `kill PID` or a scheduler's preemption) inside step 2's
     # bookkeeping, after its metrics are written and before its checkpoint is decided:
     # the window where a stop once went without a checkpoint.
-    first = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900,
-                           env={**env, "AHARL_FAILPOINTS": "driver.log:term@2"})
+    first = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+        env={**env, "AHARL_FAILPOINTS": "driver.log:term@2"},
+    )
     text = first.stdout + first.stderr
     assert first.returncode == 128 + signal.SIGTERM, text[-3000:]
     stopped = logged_steps(run_dir)[-1]
@@ -57,8 +68,14 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp
     assert state.step == stopped and state.wandb_run_id
     assert (run_dir / "eval" / "before.json").is_file()
 
-    resumed = subprocess.run([*command, f"learner.max_steps={stopped + 2}", "resume=auto"],
-                             capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    resumed = subprocess.run(
+        [*command, f"learner.max_steps={stopped + 2}", "resume=auto"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     assert f"step {stopped + 1}/{stopped + 2}" in resumed.stdout
     assert logged_steps(run_dir) == list(range(1, stopped + 3))
@@ -70,4 +87,10 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_finishes_the_run(tmp
     report = (run_dir / "report.md").read_text()
     assert report.count("**Before**") == 4 and report.count("**After**") == 4
     assert (run_dir / "report.html").is_file()
-    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == ["eval.png", "kl.png", "length.png", "rewards.png", "timings.png"]
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
+        "eval.png",
+        "kl.png",
+        "length.png",
+        "rewards.png",
+        "timings.png",
+    ]

@@ -18,10 +18,10 @@ import torch
 
 from aharl.data.prompts import build_prompts
 from aharl.data.sources import load_rows
+from aharl.grpo.batch import build_micro_batches
 from aharl.modelhub import load_tokenizer
 from aharl.rollout.engine import SamplingSettings
 from aharl.trainer import loop
-from aharl.grpo.batch import build_micro_batches
 from aharl.types import ScoredGroup
 from tests.helpers.toy import toy_config, toy_workspace
 
@@ -70,7 +70,13 @@ def test_every_transport_makes_rollout_logprobs_equal_the_learners(ray_local, to
 
     model_dir, reward_file, root = toy
     config = toy_config(
-        model_dir, root / "runs", reward_file, "learner.lr=5e-2", f"placement.layout={layout}", "placement.device=cpu", "sync.bucket_mb=1"
+        model_dir,
+        root / "runs",
+        reward_file,
+        "learner.lr=5e-2",
+        f"placement.layout={layout}",
+        "placement.device=cpu",
+        "sync.bucket_mb=1",
     )
     tokenizer = load_tokenizer(str(model_dir))
     prompts, _ = build_prompts(load_rows(config.data), tokenizer, config.data)
@@ -87,10 +93,15 @@ def test_every_transport_makes_rollout_logprobs_equal_the_learners(ray_local, to
         """One update with a large learning rate on a batch the rollout engine sampled."""
         groups = cluster.generate(prompts[:4], SamplingSettings.from_config(config.rollout))
         totals = [float(i % 3) for i in range(4 * config.rollout.n)]
-        scored = [ScoredGroup(g, {"r": totals[i * 8 : (i + 1) * 8]}, totals[i * 8 : (i + 1) * 8]) for i, g in enumerate(groups)]
+        scored = [
+            ScoredGroup(g, {"r": totals[i * 8 : (i + 1) * 8]}, totals[i * 8 : (i + 1) * 8])
+            for i, g in enumerate(groups)
+        ]
         adv = loop.group_advantages(torch.tensor(totals), config.rollout.n)
         batches = build_micro_batches(scored, adv, 2, tokenizer.pad_token_id)
-        return cluster.train_step(batches, num_sequences=32, num_tokens=sum(b.completion_mask.sum().item() for b in batches))
+        return cluster.train_step(
+            batches, num_sequences=32, num_tokens=sum(b.completion_mask.sum().item() for b in batches)
+        )
 
     cluster = Cluster(config, "cpu", total_steps=8, run_id=f"sync-test-{layout}")
     meet = cluster.sync.meet
@@ -100,8 +111,12 @@ def test_every_transport_makes_rollout_logprobs_equal_the_learners(ray_local, to
             metrics = update(cluster)
             assert metrics["sync/logp_diff"] < SYNC_ATOL  # the batch was sampled by the learner's own weights
             stale = max_diff(cluster)
-            assert stale > 100 * SYNC_ATOL, f"{method}: the update did not change the learner (or the rollout changed without a sync)"
-            cluster.sync = TRANSPORTS[method](cluster.learners, cluster.rollouts, f"sync-test-{layout}", config.sync.timeout_s, 1, meet)
+            assert stale > 100 * SYNC_ATOL, (
+                f"{method}: the update did not change the learner (or the rollout changed without a sync)"
+            )
+            cluster.sync = TRANSPORTS[method](
+                cluster.learners, cluster.rollouts, f"sync-test-{layout}", config.sync.timeout_s, 1, meet
+            )
             sync_metrics = cluster.sync_weights()
             assert sync_metrics["sync/tensors"] > 0
             assert max_diff(cluster) < SYNC_ATOL, f"{method} in the {layout} layout left the rollout's weights stale"
@@ -128,20 +143,29 @@ def test_training_loop_raises_the_reward(ray_local, toy):
     moved = [n for n, p in trained.named_parameters() if not torch.equal(p, dict(initial.named_parameters())[n])]
     assert moved, "the exported weights equal the initial ones"
     prompt = load_tokenizer(str(result.run_dir / "final"))("Hello", return_tensors="pt")
-    assert trained.generate(**prompt, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == prompt["input_ids"].shape[1] + 3
+    assert (
+        trained.generate(**prompt, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1]
+        == prompt["input_ids"].shape[1] + 3
+    )
 
 
 def test_same_loop_does_not_learn_with_the_advantage_sign_flipped(ray_local, toy, monkeypatch):
     model_dir, reward_file, root = toy
     flipped = loop.group_advantages
     monkeypatch.setattr(loop, "group_advantages", lambda *a, **k: -flipped(*a, **k))
-    history = loop.train(toy_config(model_dir, root / "flipped", reward_file, f"learner.max_steps={LEARN_STEPS}")).history
+    history = loop.train(
+        toy_config(model_dir, root / "flipped", reward_file, f"learner.max_steps={LEARN_STEPS}")
+    ).history
     assert not learned(history)
 
 
 def test_same_loop_does_not_learn_without_the_weight_sync(ray_local, toy):
     model_dir, reward_file, root = toy
-    history = loop.train(toy_config(model_dir, root / "nosync", reward_file, "sync.interval_steps=1000", f"learner.max_steps={LEARN_STEPS}")).history
+    history = loop.train(
+        toy_config(
+            model_dir, root / "nosync", reward_file, "sync.interval_steps=1000", f"learner.max_steps={LEARN_STEPS}"
+        )
+    ).history
     assert not learned(history)
     # ...and the continuous check sees it: the learner has moved, the sampler has not.
     assert max(m["sync/logp_diff"] for m in history[1:]) > 1e-2
@@ -159,8 +183,15 @@ def test_one_step_off_rollout_learns_hides_generation_and_checks_each_sync(ray_l
     from aharl.data.sampler import PromptSampler
 
     model_dir, reward_file, root = toy
-    config = toy_config(model_dir, root / "overlap", reward_file, f"learner.max_steps={LEARN_STEPS}", "rollout.overlap=one_step",
-                        "placement.layout=separate", "grpo.rollout_correction=tis")
+    config = toy_config(
+        model_dir,
+        root / "overlap",
+        reward_file,
+        f"learner.max_steps={LEARN_STEPS}",
+        "rollout.overlap=one_step",
+        "placement.layout=separate",
+        "grpo.rollout_correction=tis",
+    )
     result = loop.train(config)
     history = result.history
     first, last = reward_curve(history)
@@ -172,9 +203,13 @@ def test_one_step_off_rollout_learns_hides_generation_and_checks_each_sync(ray_l
     assert all(0.0 < h <= 1.0 for h in hidden) and "rollout/overlap_hidden" not in history[0]
     assert all("rollout_correction/truncated_fraction" in m for m in history)
     prompts, _ = build_prompts(load_rows(config.data), load_tokenizer(str(model_dir)), config.data)
-    sampler = PromptSampler(len(prompts), config.learner.prompts_per_step, seed=config.data.seed, shuffle=config.data.shuffle)
+    sampler = PromptSampler(
+        len(prompts), config.learner.prompts_per_step, seed=config.data.seed, shuffle=config.data.shuffle
+    )
     expected = [[prompts[i].index for i in sampler.next_batch()] for _ in range(LEARN_STEPS)]
-    logged = [json.loads(line)["prompt_indices"] for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    logged = [
+        json.loads(line)["prompt_indices"] for line in (result.run_dir / "samples.jsonl").read_text().splitlines()
+    ]
     assert logged == expected
 
 
@@ -182,13 +217,13 @@ def test_one_step_off_rollout_learns_hides_generation_and_checks_each_sync(ray_l
 # gold answer as the `answer` column, the step in `trainer_state`. Groups of
 # prompts with an even answer all score 1.0 (no spread, nothing to learn), so
 # DAPO's dynamic sampling has groups to drop.
-TRL_FORM_REWARD = '''
+TRL_FORM_REWARD = """
 def vowels_on_odd_answers(prompts, completions, answer, trainer_state, log_metric, **kwargs):
     log_metric("global_step", trainer_state.global_step)
     log_metric("max_steps", trainer_state.max_steps)
     texts = [c[0]["content"] for c in completions]
     return [1.0 if int(a) % 2 == 0 else sum(ch in "aeiou" for ch in t) / max(1, len(t)) for t, a in zip(texts, answer)]
-'''
+"""
 
 
 def test_dynamic_sampling_fills_steps_with_informative_groups_scored_by_a_trl_form_reward(ray_local, toy):
@@ -196,22 +231,34 @@ def test_dynamic_sampling_fills_steps_with_informative_groups_scored_by_a_trl_fo
     reward_file = root / "trl_form_reward.py"
     reward_file.write_text(TRL_FORM_REWARD)
     steps = 5
-    config = toy_config(model_dir, root / "dynamic", reward_file, f"learner.max_steps={steps}", "grpo.dynamic_sampling_max_rounds=4",
-                        f"rewards.functions=[{reward_file}:vowels_on_odd_answers]")
+    config = toy_config(
+        model_dir,
+        root / "dynamic",
+        reward_file,
+        f"learner.max_steps={steps}",
+        "grpo.dynamic_sampling_max_rounds=4",
+        f"rewards.functions=[{reward_file}:vowels_on_odd_answers]",
+    )
     result = loop.train(config)
     history = result.history
-    assert [m["reward_logged/global_step"] for m in history] == list(range(steps))  # trainer_state.global_step: updates made
+    assert [m["reward_logged/global_step"] for m in history] == list(
+        range(steps)
+    )  # trainer_state.global_step: updates made
     assert all(m["reward_logged/max_steps"] == steps for m in history)
     assert sum(m["dynamic_sampling/dropped_groups"] for m in history) > 0  # the even-answer groups were dropped...
     assert sum(m["dynamic_sampling/rounds"] for m in history) > 0  # ...and replaced by further draws
     for m in history:
-        assert m["dynamic_sampling/prompts_drawn"] == config.learner.prompts_per_step * (1 + m["dynamic_sampling/rounds"])
+        assert m["dynamic_sampling/prompts_drawn"] == config.learner.prompts_per_step * (
+            1 + m["dynamic_sampling/rounds"]
+        )
         if m["dynamic_sampling/filled_groups"] == 0:
             assert m["reward/zero_spread_groups"] == 0.0  # every group trained on had a reward spread
     assert max(m["sync/logp_diff"] for m in history) < 1e-3
     records = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
     rows = [row for record in records for row in record["samples"]]
-    assert all(set(row["columns"]) >= {"question", "answer"} for row in rows)  # the dataset row travels to the samples log
+    assert all(
+        set(row["columns"]) >= {"question", "answer"} for row in rows
+    )  # the dataset row travels to the samples log
     trained_answers = [int(row["columns"]["answer"]) for row in rows]
     assert any(a % 2 for a in trained_answers)
 
