@@ -23,7 +23,7 @@ train: $(STAMP)
 test: $(STAMP)
 	$(ACTIVATE) python -m pytest -q --durations=30
 
-# Every test not marked slow: the loss math, batch layouts, config checks, rewards, bad inputs.
+# Every test not marked slow: the loss math, batch layouts, config checks, rewards, bad inputs, ruff (tests/test_style.py).
 test-fast: $(STAMP)
 	$(ACTIVATE) python -m pytest -q -m "not slow"
 
