@@ -65,3 +65,42 @@ class EvalResult:
     summary: dict[str, float]
     # One per question: question, gold, and each answer with its judgement and rewards.
     records: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class SyncGap:
+    """How far the learner's log-probs are from a rollout engine's on the same tokens: summed per engine.
+
+    Sums, not means, so that learner ranks (each scoring its share of the
+    step's tokens) pool exactly by adding; :meth:`metrics` turns them into the
+    per-token means that are logged and judged (``sync/logp_diff``).
+    """
+
+    diff_sum: dict[int, float] = field(default_factory=dict)  # engine -> sum over tokens of |learner - rollout|
+    tokens: dict[int, float] = field(default_factory=dict)  # engine -> tokens compared
+
+    def add(self, engine: int, diff_sum: float, tokens: float) -> None:
+        self.diff_sum[engine] = self.diff_sum.get(engine, 0.0) + diff_sum
+        self.tokens[engine] = self.tokens.get(engine, 0.0) + tokens
+
+    @staticmethod
+    def pooled(gaps: list["SyncGap"]) -> "SyncGap":
+        total = SyncGap()
+        for gap in gaps:
+            for engine in gap.diff_sum:
+                total.add(engine, gap.diff_sum[engine], gap.tokens[engine])
+        return total
+
+    def worst(self) -> float:
+        """The worst engine's mean |learner - rollout| per token (0 when nothing was compared)."""
+        return max(self.means().values(), default=0.0)
+
+    def means(self) -> dict[int, float]:
+        return {engine: self.diff_sum[engine] / max(self.tokens[engine], 1.0) for engine in sorted(self.diff_sum)}
+
+    def metrics(self, num_engines: int, name: str = "sync/logp_diff") -> dict[str, float]:
+        """``name``: the worst engine's mean; with several engines also ``name/engine{e}`` for each."""
+        metrics = {name: self.worst()}
+        if num_engines > 1:
+            metrics.update({f"{name}/engine{engine}": mean for engine, mean in self.means().items()})
+        return metrics

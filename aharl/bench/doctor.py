@@ -226,7 +226,9 @@ def learner_probe(model: str, zero_stage: int, device: str, port: int) -> dict[s
         )
     batches = build_micro_batches(scored, group_advantages(torch.tensor(totals), 4), 2, 0)
     before = learner.parameter_checksum()
-    metrics = learner.train_step(batches, num_sequences=8, num_tokens=float(sum(len(c) for c in flat_completions)))
+    metrics = learner.train_step(
+        batches, num_sequences=8, num_tokens=float(sum(len(c) for c in flat_completions))
+    ).metrics
     after = learner.parameter_checksum()
     gathered = {name: list(t.shape) for name, t in learner.named_weights()}
     meta = {name: shape for name, _, shape in learner.weight_meta()}

@@ -206,3 +206,71 @@ def grpo_loss(
         if entropy is not None:
             metrics["entropy"] = ((entropy.float() * m).sum() / n).item()
     return GRPOLoss(loss, metrics)
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The loss's fixed choices for a run (built once from ``grpo.*``); a call adds one micro-batch's tensors.
+
+    Splits :func:`grpo_loss`'s keywords into what the config decides (here)
+    and what each micro-batch brings (the call's arguments), so the learner's
+    micro-step passes only the latter.
+    """
+
+    beta: float = 0.0
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    aggregation: Aggregation = "sequence"
+    max_completion_tokens: int | None = None
+    ratio_level: RatioLevel = "token"
+    rollout_correction: RolloutCorrection = "none"
+    rollout_correction_cap: float = 2.0
+
+    def correction(
+        self, sampler_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """:func:`rollout_correction_weights` under this run's ``grpo.rollout_correction``."""
+        return rollout_correction_weights(
+            sampler_logp, rollout_logp, mask, self.rollout_correction, self.rollout_correction_cap
+        )
+
+    def __call__(
+        self,
+        logp: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        old_logp: torch.Tensor | None,
+        ref_logp: torch.Tensor | None,
+        entropy: torch.Tensor | None,
+        is_weights: torch.Tensor | None,
+        counts: "BatchCounts",
+    ) -> GRPOLoss:
+        """:func:`grpo_loss` of one micro-batch (shapes as there) with this run's settings."""
+        return grpo_loss(
+            logp,
+            advantages,
+            mask,
+            old_logp=old_logp,
+            ref_logp=ref_logp,
+            beta=self.beta,
+            clip_eps_low=self.clip_eps_low,
+            clip_eps_high=self.clip_eps_high,
+            aggregation=self.aggregation,
+            max_completion_tokens=self.max_completion_tokens,
+            num_sequences=counts.num_sequences,
+            num_tokens=counts.num_tokens,
+            entropy=entropy,
+            is_weights=is_weights,
+            ratio_level=self.ratio_level,
+            num_micro_batches=counts.num_micro_batches,
+        )
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """The whole optimizer step's size on all ranks: what makes each micro-batch's loss its exact share."""
+
+    num_sequences: int
+    num_tokens: float
+    num_micro_batches: int

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -21,13 +22,14 @@ from aharl.config import Config
 from aharl.device import resolve_device, training_dtype
 from aharl.errors import ConfigError
 from aharl.grpo.batch import MicroBatch, pad_sequences
-from aharl.grpo.loss import grpo_loss, rollout_correction_weights
+from aharl.grpo.loss import BatchCounts, LossSettings
 from aharl.learner import lora
 from aharl.learner.forward import completion_logprobs, supports_shared_prefix
 from aharl.modelhub import resolve_model_path
 from aharl.rng import restore_rng_state, rng_state
 from aharl.sync import cuda_ipc, nccl, shm
 from aharl.sync.buckets import plan_buckets
+from aharl.types import SyncGap
 
 CHECKPOINT_TAG = "state"
 
@@ -66,13 +68,55 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def sync_metrics(diff_sums: dict[int, float], tokens: dict[int, float], num_engines: int) -> dict[str, float]:
-    """``sync/logp_diff``: the worst engine's mean |learner - rollout| log-prob per token; one more key per engine when there are several."""
-    means = {engine: diff_sums[engine] / max(tokens[engine], 1.0) for engine in diff_sums}
-    metrics = {"sync/logp_diff": max(means.values(), default=0.0)}
-    if num_engines > 1:
-        metrics.update({f"sync/logp_diff/engine{engine}": mean for engine, mean in sorted(means.items())})
-    return metrics
+def loss_settings(config: Config) -> LossSettings:
+    """The loss's fixed choices for this run, from ``grpo.*`` (and ``rollout.max_tokens`` for Dr. GRPO's divisor)."""
+    g = config.grpo
+    return LossSettings(
+        beta=g.beta,
+        clip_eps_low=g.clip_eps_low,
+        clip_eps_high=g.clip_eps_high,
+        aggregation=g.loss_aggregation,
+        max_completion_tokens=config.rollout.max_tokens,
+        ratio_level=g.importance_sampling_level,
+        rollout_correction=g.rollout_correction,
+        rollout_correction_cap=g.rollout_correction_cap,
+    )
+
+
+def add_sync_gap(gap: SyncGap, logp: torch.Tensor, mb: MicroBatch) -> None:
+    """Add |learner ``logp`` ``[S, C]`` - the engine's sampling log-probs| of one micro-batch to ``gap``, per engine."""
+    mask = mb.completion_mask
+    diffs = ((logp - mb.rollout_logp).abs() * mask).sum(dim=1)  # [S]
+    engines = mb.engine.tolist() if mb.engine.numel() else [0] * len(diffs)
+    for engine, diff, tokens in zip(engines, diffs.tolist(), mask.sum(dim=1).tolist()):
+        gap.add(engine, diff, tokens)
+
+
+class TokenMeans:
+    """The loss metrics of an update's micro-batches: the loss adds up (each is a share), the rest are token means."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        tokens = metrics.pop("tokens")
+        for key, value in metrics.items():
+            w = 1.0 if key == "loss" else tokens
+            self.sums[key] = self.sums.get(key, 0.0) + value * w
+            self.weights[key] = self.weights.get(key, 0.0) + w
+
+    def result(self, updates: int) -> dict[str, float]:
+        """``updates``: optimizer steps over the same batch; the loss is their mean."""
+        return {key: total / (updates if key == "loss" else self.weights[key]) for key, total in self.sums.items()}
+
+
+@dataclass
+class UpdateOutcome:
+    """What an update reports: its metrics, and its sync gap as raw sums (ranks pool by adding; the step names it)."""
+
+    metrics: dict[str, float]
+    gap: SyncGap
 
 
 # DeepSpeed's name for its CPU shared-memory all-reduce op (``ShareMemCommBuilder.NAME``).
@@ -124,9 +168,7 @@ class Learner:
         master_address: str = "127.0.0.1",
     ) -> None:
         """``master_address``/``master_port``: where DeepSpeed's group meets (rank 0's node; :mod:`aharl.runtime.rendezvous`)."""
-        import deepspeed
         import transformers
-        from transformers import AutoModelForCausalLM, get_scheduler
 
         # Loading and every checkpoint's export would each draw a progress bar
         # through Ray's log stream, between the driver's one-line-per-step log.
@@ -135,15 +177,26 @@ class Learner:
         self.rank, self.world_size = rank, world_size
         self.device = resolve_device(config)
         self.dtype = training_dtype(config, self.device)
+        self.loss = loss_settings(config)
+        self._join_group(master_address, master_port)
+        torch.manual_seed(config.learner.seed)
+        model = self._load_models()
+        optimizer, scheduler = self._optimizer_and_schedule(model, total_steps)
+        self._start_engine(model, optimizer, scheduler)
+
+    def _join_group(self, master_address: str, master_port: int) -> None:
+        """Join the ranks' process group (NCCL on a GPU, gloo on CPU)."""
+        import deepspeed
+
         if self.device == "cpu":
             # Generation and the update take turns, so the update may use every
             # core; ranks update at the same time, so they divide the cores.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world_size))
         os.environ.update(
             {
-                "RANK": str(rank),
+                "RANK": str(self.rank),
                 "LOCAL_RANK": "0",
-                "WORLD_SIZE": str(world_size),
+                "WORLD_SIZE": str(self.world_size),
                 "MASTER_ADDR": master_address,
                 "MASTER_PORT": str(master_port),
             }
@@ -152,8 +205,12 @@ class Learner:
             skip_cpu_shm_comm_build()
             nccl.pin_gloo_interface(master_address)  # ranks on several nodes: gloo must announce a reachable address
         deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False)
-        torch.manual_seed(config.learner.seed)
 
+    def _load_models(self) -> torch.nn.Module:
+        """The policy (LoRA-wrapped when ``model.lora.r`` > 0) and, for a KL term without LoRA, the frozen reference."""
+        from transformers import AutoModelForCausalLM
+
+        config = self.config
         path = resolve_model_path(config.model.path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
         model.config.use_cache = False
@@ -172,9 +229,13 @@ class Learner:
         if config.grpo.beta > 0 and not self.lora:  # with LoRA the reference is the base: the adapters switched off
             self.reference = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
             self.reference.requires_grad_(False)
+        return model
 
-        lr = config.learner
-        # As the HF Trainer the reference ran under: no weight decay on biases and norm weights.
+    def _optimizer_and_schedule(self, model: torch.nn.Module, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+        """AdamW with the HF Trainer's grouping (no weight decay on biases and norm weights) and its LR schedule."""
+        from transformers import get_scheduler
+
+        lr = self.config.learner
         trainable = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in trainable if p.ndim >= 2]
         no_decay = [p for p in trainable if p.ndim < 2]
@@ -185,18 +246,24 @@ class Learner:
             lr=lr.lr,
             betas=lr.betas,
         )
-        optimizer_steps = total_steps * config.grpo.updates_per_batch
+        optimizer_steps = total_steps * self.config.grpo.updates_per_batch
         scheduler = get_scheduler(
             lr.lr_scheduler,
             optimizer,
             num_warmup_steps=math.ceil(optimizer_steps * lr.warmup_ratio),
             num_training_steps=optimizer_steps,
         )
+        return optimizer, scheduler
+
+    def _start_engine(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """DeepSpeed's engine around the policy: accumulation, clipping, ZeRO."""
+        import deepspeed
+
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
             lr_scheduler=scheduler,
-            config=deepspeed_config(config, self.dtype, world_size),
+            config=deepspeed_config(self.config, self.dtype, self.world_size),
         )
         # from_pretrained returns the model in eval mode, and HF checkpoints a
         # layer's activations only in training mode: without this,
@@ -242,103 +309,95 @@ class Learner:
     # ------------------------------------------------------------------
     # The update
 
-    def train_step(
-        self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float
-    ) -> dict[str, float]:
+    def train_step(self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float) -> UpdateOutcome:
         """One GRPO update (``updates_per_batch`` optimizer steps) over this rank's micro-batches.
 
         ``num_sequences`` / ``num_tokens`` are counts over the whole optimizer
         step on all ranks, so the loss of each micro-batch is its exact share
         of the full-batch loss (see :mod:`aharl.grpo.loss`).
         """
-        cfg = self.config.grpo
         faults.reached("learner.train_step")
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         batches = [mb.to(self.device) for mb in micro_batches]
-        timings = {"time/reference": 0.0, "time/train": 0.0}
-
+        counts = BatchCounts(num_sequences, num_tokens, len(batches) * self.world_size)
         started = time.perf_counter()
         with torch.no_grad():
             ref_logps = [self._reference_logp(mb) for mb in batches]
-        timings["time/reference"] = time.perf_counter() - started
+        timings = {"time/reference": time.perf_counter() - started}
 
         started = time.perf_counter()
+        updates = self.config.grpo.updates_per_batch
         old_logps: list[torch.Tensor | None] = [None] * len(batches)
-        sums: dict[str, float] = {}
-        weight: dict[str, float] = {}
-        sync_diff: dict[int, float] = {}  # engine -> sum over tokens of |learner - rollout| log-prob
-        sync_tokens: dict[int, float] = {}
-        # DeepSpeed divides each micro-batch loss by its accumulation count;
-        # the losses here are already shares of the full batch, so undo that.
-        scale = self.engine.gradient_accumulation_steps() * self.world_size
-        skipped = 0  # optimizer steps DeepSpeed skipped for a non-finite gradient norm
-        for update in range(cfg.updates_per_batch):
+        gap = SyncGap()
+        means = TokenMeans()
+        skipped = 0  # optimizer steps skipped for a non-finite loss or gradient norm
+        for update in range(updates):
             for i, mb in enumerate(batches):
-                # A token budget makes the count of micro-batches vary by step,
-                # so the last one, not DeepSpeed's fixed count, ends the accumulation.
-                self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
                 logp, entropy = self._policy_logp(self.engine, mb, entropy=True)
-                mask = mb.completion_mask
                 if update == 0:
                     # Before any update this is the policy that sampled: it must
                     # equal the rollout engine's log-probs if the last sync worked.
-                    gaps = ((logp.detach() - mb.rollout_logp).abs() * mask).sum(dim=1)  # [S]
-                    engines = mb.engine.tolist() if mb.engine.numel() else [0] * len(gaps)
-                    for engine, gap, tokens in zip(engines, gaps.tolist(), mask.sum(dim=1).tolist()):
-                        sync_diff[engine] = sync_diff.get(engine, 0.0) + gap
-                        sync_tokens[engine] = sync_tokens.get(engine, 0.0) + tokens
-                    if cfg.updates_per_batch > 1:
+                    add_sync_gap(gap, logp.detach(), mb)
+                    if updates > 1:
                         old_logps[i] = logp.detach()
-                # The sampling policy's log-probs by the learner's numbers: what the ratio is taken against.
-                sampler_logp = old_logps[i] if old_logps[i] is not None else logp.detach()
-                is_weights, correction = rollout_correction_weights(
-                    sampler_logp, mb.rollout_logp, mask, cfg.rollout_correction, cfg.rollout_correction_cap
+                metrics, was_skipped = self._micro_step(
+                    mb, logp, entropy, old_logps[i], ref_logps[i], counts, last=i == len(batches) - 1
                 )
-                out = grpo_loss(
-                    logp,
-                    mb.advantages,
-                    mask,
-                    old_logp=old_logps[i],
-                    ref_logp=ref_logps[i],
-                    beta=cfg.beta,
-                    clip_eps_low=cfg.clip_eps_low,
-                    clip_eps_high=cfg.clip_eps_high,
-                    aggregation=cfg.loss_aggregation,
-                    max_completion_tokens=self.config.rollout.max_tokens,
-                    num_sequences=num_sequences,
-                    num_tokens=num_tokens,
-                    entropy=entropy,
-                    is_weights=is_weights,
-                    ratio_level=cfg.importance_sampling_level,
-                    num_micro_batches=len(batches) * self.world_size,
-                )
-                out.metrics.update(correction)
-                loss = out.loss
-                if faults.reached("learner.loss") == "nan":  # a test's injected fault
-                    loss = loss * float("nan")
-                    out.metrics["loss"] = float("nan")
-                self.engine.backward(loss * scale)
-                boundary = self.engine.is_gradient_accumulation_boundary()
-                dropped = (
-                    boundary and self.config.learner.zero_stage == 0 and drop_nonfinite_gradients(self.engine.module)
-                )
-                self.engine.step()
-                if boundary and (dropped or not self.engine.was_step_applied()):
-                    skipped += 1
-                tokens = out.metrics.pop("tokens")
-                for key, value in out.metrics.items():
-                    # The loss adds up over micro-batches; the rest are token means.
-                    w = 1.0 if key == "loss" else tokens
-                    sums[key] = sums.get(key, 0.0) + value * w
-                    weight[key] = weight.get(key, 0.0) + w
+                skipped += was_skipped
+                means.add(metrics)
         timings["time/train"] = time.perf_counter() - started
+        return self._outcome(means.result(updates), gap, skipped, timings)
 
-        metrics = {key: sums[key] / (weight[key] if key != "loss" else cfg.updates_per_batch) for key in sums}
-        metrics.update(sync_metrics(sync_diff, sync_tokens, self.config.rollout.num_engines))
-        for engine in sync_diff:  # raw sums, so the driver can pool them over ranks (Cluster.train_step)
-            metrics[f"_sync/diff_sum/{engine}"] = sync_diff[engine]
-            metrics[f"_sync/tokens/{engine}"] = sync_tokens[engine]
+    def _micro_step(
+        self,
+        mb: MicroBatch,
+        logp: torch.Tensor,
+        entropy: torch.Tensor | None,
+        old_logp: torch.Tensor | None,
+        ref_logp: torch.Tensor | None,
+        counts: BatchCounts,
+        last: bool,
+    ) -> tuple[dict[str, float], bool]:
+        """Loss, backward and DeepSpeed's step for one micro-batch (``logp``/``entropy`` ``[S, C]``, with gradient).
+
+        Returns the micro-batch's loss metrics and whether it ended an
+        optimizer step that was skipped (a non-finite loss or gradient norm).
+        """
+        # A token budget makes the count of micro-batches vary by step,
+        # so the last one, not DeepSpeed's fixed count, ends the accumulation.
+        self.engine.set_gradient_accumulation_boundary(last)
+        mask = mb.completion_mask
+        # The sampling policy's log-probs by the learner's numbers: what the ratio is taken against.
+        sampler_logp = old_logp if old_logp is not None else logp.detach()
+        is_weights, correction = self.loss.correction(sampler_logp, mb.rollout_logp, mask)
+        out = self.loss(
+            logp,
+            mb.advantages,
+            mask,
+            old_logp=old_logp,
+            ref_logp=ref_logp,
+            entropy=entropy,
+            is_weights=is_weights,
+            counts=counts,
+        )
+        out.metrics.update(correction)
+        loss = out.loss
+        if faults.reached("learner.loss") == "nan":  # a test's injected fault
+            loss = loss * float("nan")
+            out.metrics["loss"] = float("nan")
+        # DeepSpeed divides each micro-batch loss by its accumulation count;
+        # the losses here are already shares of the full batch, so undo that.
+        self.engine.backward(loss * self.engine.gradient_accumulation_steps() * self.world_size)
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        dropped = boundary and self.config.learner.zero_stage == 0 and drop_nonfinite_gradients(self.engine.module)
+        self.engine.step()
+        return out.metrics, boundary and (dropped or not self.engine.was_step_applied())
+
+    def _outcome(
+        self, metrics: dict[str, float], gap: SyncGap, skipped: int, timings: dict[str, float]
+    ) -> UpdateOutcome:
+        """The update's metrics beside the loss's (gradient norm, LR, skips, times, memory), and this rank's sync gap."""
         grad_norm = self.engine.get_global_grad_norm()
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -349,7 +408,7 @@ class Learner:
             # Hand the activations' cached blocks back: a colocated vLLM wakes its
             # KV cache next and sizes nothing below what it had (OOM on 24 GB).
             torch.cuda.empty_cache()
-        return metrics
+        return UpdateOutcome(metrics, gap)
 
     # ------------------------------------------------------------------
     # Weights out

@@ -57,7 +57,7 @@ for aggregation in sys.argv[7].split(","):
     batches = build_micro_batches(scored, group_advantages(torch.tensor(totals), 2), 1, 0, packing=packing,
                                   max_tokens=int(budget) if budget else None, world_size=world)
     tokens = float(sum(b.completion_mask.sum().item() for b in batches))
-    metrics = learner.train_step(rank_share(batches, rank, world), num_sequences=8, num_tokens=tokens)
+    metrics = learner.train_step(rank_share(batches, rank, world), num_sequences=8, num_tokens=tokens).metrics
     weights = {name: t.clone() for name, t in learner.named_weights()}  # collective under ZeRO-3
     results[aggregation] = {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "weights": weights if rank == 0 else {}}
 torch.save(results, f"{out}.{rank}")

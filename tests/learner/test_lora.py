@@ -58,7 +58,7 @@ def reference_logp():
 before = {name: t.clone() for name, t in learner.named_weights()}
 ref_before = reference_logp()
 for _ in range(2):
-    metrics = learner.train_step(batches, num_sequences=8, num_tokens=float(sum(b.completion_mask.sum() for b in batches)))
+    metrics = learner.train_step(batches, num_sequences=8, num_tokens=float(sum(b.completion_mask.sum() for b in batches))).metrics
 after = {name: t.clone() for name, t in learner.named_weights()}
 peft_model = learner.engine.module
 trainable = sorted({("lora" if "lora_" in n else n) for n, p in peft_model.named_parameters() if p.requires_grad})
