@@ -21,17 +21,19 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from aharl import faults
 from aharl.config import Config
-from aharl.errors import AharlError, RunFault, first_line
+from aharl.errors import AharlError, RunFault
 from aharl.grpo.batch import MicroBatch, rank_share
-from aharl.learner.learner import Learner, sync_metrics
-from aharl.rollout.engine import SamplingSettings, engine_class
+from aharl.learner.learner import Learner, UpdateOutcome
+from aharl.rollout.backends import engine_class
+from aharl.rollout.engine import SamplingSettings
 from aharl.rollout.vllm_engine import CORE_SHARE_ENV, rollout_workers
+from aharl.runtime.actor_group import ActorGroup, Deadline, StageTimeout, actor_death, get_within
 from aharl.runtime.logs import logged_actor
-from aharl.runtime.placement import ActorSlot, Layout, plan_layout
+from aharl.runtime.placement import ActorSlot, plan_layout
 from aharl.runtime.rendezvous import bundle_nodes, rendezvous
-from aharl.runtime.topology import SyncChoice, Topology, choose_sync, probe_topology
+from aharl.runtime.topology import Topology, choose_sync, probe_topology
 from aharl.runtime.weight_sync import TRANSPORTS, wait_for
-from aharl.types import Prompt, RolloutGroup
+from aharl.types import Prompt, RolloutGroup, SyncGap
 
 PLACEMENT_TIMEOUT_S = 120
 # How long the engines get to stop vLLM's engine core themselves before they are killed
@@ -39,11 +41,6 @@ PLACEMENT_TIMEOUT_S = 120
 ENGINE_STOP_GRACE_S = 10
 
 log = logging.getLogger("aharl")
-
-
-def actor_death(exc: RayActorError) -> str:
-    """The first line of Ray's account of an actor's death (the rest is a long, repeated explanation)."""
-    return first_line(str(exc)) or type(exc).__name__
 
 
 def rollout_env() -> dict[str, str]:
@@ -81,25 +78,13 @@ def split_evenly(items: list, parts: int) -> list[list]:
     return runs
 
 
-def pool_rank_metrics(results: list[dict[str, float]], num_engines: int) -> dict[str, float]:
-    """One step's metrics from every learner rank's: the loss adds up (each rank's is its share of the whole),
+def pool_rank_outcomes(results: list[UpdateOutcome]) -> UpdateOutcome:
+    """One step's update from every learner rank's: the loss adds up (each rank's is its share of the whole),
     the sync gap is pooled per engine over all ranks' tokens, the rest are means over ranks."""
-    raw = [{k: v for k, v in r.items() if k.startswith("_sync/")} for r in results]
-    plain = [
-        {k: v for k, v in r.items() if not k.startswith("_sync/") and not k.startswith("sync/logp_diff")}
-        for r in results
-    ]
+    plain = [r.metrics for r in results]
     merged = {k: sum(r[k] for r in plain) / len(plain) for k in plain[0]}
     merged["loss"] = sum(r["loss"] for r in plain)
-    diffs: dict[int, float] = {}
-    tokens: dict[int, float] = {}
-    for rank in raw:
-        for key, value in rank.items():
-            kind, engine = key.rsplit("/", 1)[0], int(key.rsplit("/", 1)[1])
-            target = diffs if kind == "_sync/diff_sum" else tokens
-            target[engine] = target.get(engine, 0.0) + value
-    merged.update(sync_metrics(diffs, tokens, num_engines))
-    return merged
+    return UpdateOutcome(merged, SyncGap.pooled([r.gap for r in results]))
 
 
 def engine_core_shares(engine_nodes: list[str]) -> dict[int, dict[str, str]]:
@@ -109,36 +94,6 @@ def engine_core_shares(engine_nodes: list[str]) -> dict[int, dict[str, str]]:
         same = [i for i, other in enumerate(engine_nodes) if other == node]
         shares[e] = {CORE_SHARE_ENV: f"{same.index(e)}/{len(same)}"}
     return shares
-
-
-def across_nodes(choice: SyncChoice, config: Config, layout: Layout, nodes: dict[int, str]) -> SyncChoice:
-    """The sync choice, revised where a rollout engine landed on another node than the learner rank that feeds it.
-
-    ``shm`` needs every engine on learner rank 0's node (it writes the
-    files); ``cuda_ipc`` needs engine ``e`` on the node of the rank that packs
-    its buckets. Across nodes only the collective transport works: ``auto``
-    switches to it (said in the sync line), an explicit method is refused.
-    """
-    learner_nodes = [nodes[slot.bundle_index] for slot in layout.learners]
-    engine_nodes = [nodes[slot.bundle_index] for slot in layout.rollouts]
-    if choice.method == "shm":
-        apart = [e for e, node in enumerate(engine_nodes) if node != learner_nodes[0]]
-    elif choice.method == "cuda_ipc":
-        apart = [e for e, node in enumerate(engine_nodes) if node != learner_nodes[e if e < len(learner_nodes) else 0]]
-    else:
-        return choice
-    if not apart:
-        return choice
-    if config.sync.method != "auto":
-        raise AharlError(
-            f"sync.method={config.sync.method} needs each rollout engine on its learner's node, but engine {apart[0]} was placed on "
-            "another node; use sync.method=auto (the collective transport across nodes) or pin both with placement.*_resources"
-        )
-    return SyncChoice(
-        "nccl",
-        f"rollout engine {apart[0]} is on another node than its learner: collective transport across nodes",
-        choice.env,
-    )
 
 
 @dataclass
@@ -174,7 +129,13 @@ class Cluster:
                 f"(it has {ray.cluster_resources()}); lower placement.learner_gpus / rollout_gpus or use placement.layout=colocate"
             )
         nodes = bundle_nodes(self.pg)
-        self.sync_choice = across_nodes(self.sync_choice, config, self.layout, nodes)
+        self.sync_choice = choose_sync(
+            config,
+            device,
+            self.topology,
+            learner_nodes=[nodes[slot.bundle_index] for slot in self.layout.learners],
+            engine_nodes=[nodes[slot.bundle_index] for slot in self.layout.rollouts],
+        )
         lap("placement")
         # The rollout engines start first: on a shared GPU vLLM sizes its
         # KV cache from the free memory it sees.
@@ -186,11 +147,18 @@ class Cluster:
         )
         self._engine_env = [{**rollout_env(), **env, **shares.get(e, {})} for e in range(len(self.layout.rollouts))]
         self.rollouts = [self._start_engine(e) for e in range(len(self.layout.rollouts))]
+        # The weight transport holds the same list: a restarted engine replaces its slot in both.
+        self.engines = ActorGroup("rollout engine", self.rollouts)
 
         # On CPU the KV budget is explicit bytes, not a share of free memory, so
         # the learners start beside the engines (their imports overlap: ~10 s).
         def engines_ready() -> None:
-            ray.get([rollout.parameter_checksum.remote() for rollout in self.rollouts])
+            # A failing constructor surfaces here as Ray's error (the CLI names the actor's log).
+            get_within(
+                [e.parameter_checksum.remote() for e in self.rollouts],
+                "the rollout engines' start",
+                self._start_deadline,
+            )
             lap("rollout")
 
         engines_first = device == "cuda"
@@ -207,7 +175,10 @@ class Cluster:
         ]
         if not engines_first:
             engines_ready()
-        ray.get([learner.parameter_checksum.remote() for learner in self.learners])
+        self.ranks = ActorGroup("learner rank", self.learners)
+        get_within(
+            [r.parameter_checksum.remote() for r in self.learners], "the learner ranks' start", self._learner_deadline
+        )
         lap("learner")
         rollout_bundles = [slot.bundle_index for slot in self.layout.rollouts]
 
@@ -221,9 +192,19 @@ class Cluster:
         lap("sync")
 
     @property
-    def rollout(self):
-        """The first rollout engine (the only one unless ``rollout.num_engines`` > 1)."""
-        return self.rollouts[0]
+    def _sync_deadline(self) -> Deadline:
+        """Sleep, wake and re-scoring calls: as long as a weight sync may take."""
+        return Deadline(self.config.sync.timeout_s, "sync.timeout_s", cause="a hung engine or collective")
+
+    @property
+    def _learner_deadline(self) -> Deadline:
+        """The learner's start, update, export and checkpoints."""
+        return Deadline(self.config.learner.timeout_s, "learner.timeout_s", cause="a hung collective or rank")
+
+    @property
+    def _start_deadline(self) -> Deadline:
+        """An engine's start (a cold vLLM compile takes minutes on a GPU; loading a large model longer)."""
+        return Deadline(self.config.rollout.timeout_s, "rollout.timeout_s", cause="a hung engine")
 
     def _place(self, cls, slot: ActorSlot, role: str, env_vars: dict[str, str] | None = None):
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=slot.bundle_index)
@@ -284,14 +265,8 @@ class Cluster:
         return groups
 
     def _generated(self, engine: int, ref) -> list[RolloutGroup]:
-        timeout = self.config.rollout.timeout_s
-        try:
-            return ray.get(ref, timeout=timeout)
-        except ray.exceptions.GetTimeoutError:
-            raise RunFault(
-                f"rollout engine {engine} did not return its generation within rollout.timeout_s={timeout:g}s (a hung engine); "
-                "raise rollout.timeout_s if generation is really that slow"
-            ) from None
+        deadline = Deadline(self.config.rollout.timeout_s, "rollout.timeout_s", cause="a hung engine")
+        return get_within(ref, f"rollout engine {engine}'s generation", deadline)
 
     def restart_engine(self, engine: int, why: str) -> None:
         """Replace a dead rollout engine in its bundle and sync the learner's weights into it.
@@ -309,48 +284,35 @@ class Cluster:
         # In place: the weight transport holds this same list.
         self.rollouts[engine] = self._start_engine(engine)
         try:
-            ray.get(self.rollouts[engine].parameter_checksum.remote(), timeout=PLACEMENT_TIMEOUT_S * 5)
-        except (RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            get_within(
+                self.rollouts[engine].parameter_checksum.remote(), "a restarted engine's start", self._start_deadline
+            )
+        except (RayActorError, StageTimeout) as exc:
             raise RunFault(
                 f"rollout engine {engine} died {why} and its replacement did not start ({type(exc).__name__})"
             ) from None
         self.sync_weights()
         self.engine_restarts += 1
 
-    def train_step(
-        self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float
-    ) -> dict[str, float]:
-        """Each learner rank takes an equal, contiguous share of the micro-batches; their metrics are pooled.
+    def train_step(self, micro_batches: Sequence[MicroBatch], num_sequences: int, num_tokens: float) -> UpdateOutcome:
+        """Each learner rank takes an equal, contiguous share of the micro-batches; their outcomes are pooled.
 
         A rank that dies ends the run (:class:`RunFault`): the surviving ranks
         are inside DeepSpeed's collectives with it and cannot carry on alone,
         and restarting every rank from the last checkpoint is what
         ``resume=auto`` already does, exactly.
         """
-        world = len(self.learners)
-        refs = [
-            learner.train_step.remote(rank_share(micro_batches, r, world), num_sequences, num_tokens)
-            for r, learner in enumerate(self.learners)
-        ]
+        world = len(self.ranks)
+        shares = [(rank_share(micro_batches, r, world), num_sequences, num_tokens) for r in range(world)]
+        refs = [rank.train_step.remote(*share) for rank, share in zip(self.ranks, shares)]
         faults.reached("driver.update")
-        timeout = self.config.learner.timeout_s
-        try:
-            results = ray.get(refs, timeout=timeout)
-        except ray.exceptions.GetTimeoutError:
-            raise RunFault(
-                f"the learner did not finish the update within learner.timeout_s={timeout:g}s (a hung collective or rank); "
-                "raise learner.timeout_s if an update is really that slow"
-            ) from None
-        except RayActorError as exc:
-            rank = next((r for r, ref in enumerate(refs) if _died(ref)), "?")
-            raise RunFault(f"learner rank {rank} died during the update ({actor_death(exc)})") from None
-        metrics = pool_rank_metrics(results, self.config.rollout.num_engines)
-        metrics["rollout/engine_restarts"] = float(self.engine_restarts)
-        return metrics
+        outcome = pool_rank_outcomes(self.ranks.gather(refs, "the update", self._learner_deadline))
+        outcome.metrics["rollout/engine_restarts"] = float(self.engine_restarts)
+        return outcome
 
     def sleep_rollout(self, keep_weights: bool = True) -> None:
         """Free the rollout engines' GPU memory for the update; ``keep_weights=False`` when a sync follows."""
-        ray.get([rollout.sleep.remote(keep_weights) for rollout in self.rollouts])
+        self.engines.call("sleep", keep_weights, stage="the engines' sleep", deadline=self._sync_deadline)
 
     def sync_weights(self) -> dict[str, float]:
         """Wake the weights, overwrite them with the learner's, then restore the KV caches (every engine)."""
@@ -362,8 +324,9 @@ class Cluster:
         return metrics
 
     def wake_rollout(self) -> None:
-        ray.get([rollout.wake_weights.remote() for rollout in self.rollouts])
-        ray.get([rollout.wake_kv_cache.remote() for rollout in self.rollouts])
+        """Wake the engines without a sync (``sync.interval_steps`` > 1): weights, then KV caches."""
+        self.engines.call("wake_weights", stage="the engines' wake (weights)", deadline=self._sync_deadline)
+        self.engines.call("wake_kv_cache", stage="the engines' wake (KV cache)", deadline=self._sync_deadline)
 
     def learner_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
         """Rank 0's answer; every rank runs the forward, which is collective under ZeRO-3."""
@@ -376,7 +339,7 @@ class Cluster:
         call = self.rollouts[engine].completion_logprobs.remote(prompt_ids, completion_ids)
         return wait_for(call, f"rollout {engine} re-scores completions", self.config.sync.timeout_s)
 
-    def landed_sync_gap(self, groups: Sequence[RolloutGroup], per_engine: int = 2) -> dict[str, float]:
+    def landed_sync_gap(self, groups: Sequence[RolloutGroup], per_engine: int = 2) -> SyncGap:
         """``sync/logp_diff`` measured right after a sync: learner against each engine on a few of the step's completions.
 
         With a one-step-off rollout the update's own comparison sees samples
@@ -384,8 +347,7 @@ class Cluster:
         re-scores ``per_engine`` completions in both (a prefill each) with
         the weights the sync just moved.
         """
-        diffs: dict[int, float] = {}
-        tokens: dict[int, float] = {}
+        gap = SyncGap()
         for engine in range(len(self.rollouts)):
             picked = [
                 (g.prompt.token_ids, c.token_ids)
@@ -399,19 +361,19 @@ class Cluster:
             prompt_ids, completion_ids = [p for p, _ in picked], [c for _, c in picked]
             learner = self.learner_logprobs(prompt_ids, completion_ids)
             engine_logp = self.rollout_logprobs(prompt_ids, completion_ids, engine)
-            diffs[engine] = sum(abs(a - b) for row_a, row_b in zip(learner, engine_logp) for a, b in zip(row_a, row_b))
-            tokens[engine] = float(sum(len(c) for c in completion_ids))
-        return sync_metrics(diffs, tokens, len(self.rollouts))
+            diff = sum(abs(a - b) for row_a, row_b in zip(learner, engine_logp) for a, b in zip(row_a, row_b))
+            gap.add(engine, diff, float(sum(len(c) for c in completion_ids)))
+        return gap
 
     def export_policy(self, directory: str) -> str:
-        return ray.get([learner.export_hf.remote(directory) for learner in self.learners])[0]
+        return self.ranks.call("export_hf", directory, stage="the policy's export", deadline=self._learner_deadline)[0]
 
     def save_learner_state(self, directory: str) -> None:
         """Every rank writes its part (a directory all ranks can reach: one node, or a shared filesystem)."""
-        ray.get([learner.save_state.remote(directory) for learner in self.learners])
+        self.ranks.call("save_state", directory, stage="the checkpoint's save", deadline=self._learner_deadline)
 
     def load_learner_state(self, directory: str) -> None:
-        ray.get([learner.load_state.remote(directory) for learner in self.learners])
+        self.ranks.call("load_state", directory, stage="the checkpoint's load", deadline=self._learner_deadline)
 
     def shutdown(self) -> None:
         """Kill every actor and free the placement group; safe after any failure (dead actors included).
@@ -424,14 +386,3 @@ class Cluster:
         for actor in [*self.rollouts, *self.learners]:
             ray.kill(actor, no_restart=True)
         remove_placement_group(self.pg)
-
-
-def _died(ref) -> bool:
-    """Whether ``ref`` (already finished) holds an actor's death."""
-    try:
-        ray.get(ref, timeout=0)
-    except RayActorError:
-        return True
-    except Exception:
-        return False
-    return False

@@ -14,28 +14,28 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import ray
-from ray.exceptions import GetTimeoutError
-
-from aharl.errors import AharlError
+from aharl.runtime.actor_group import Deadline, StageTimeout, get_within
 from aharl.runtime.rendezvous import LOOPBACK, free_port
 from aharl.sync.shm import shared_memory_dir
 
 
-class SyncTimeoutError(AharlError):
+class SyncTimeoutError(StageTimeout):
     """A stage of the weight sync did not finish within ``sync.timeout_s``."""
+
+
+def sync_deadline(timeout_s: float) -> Deadline:
+    return Deadline(
+        timeout_s,
+        "sync.timeout_s",
+        cause="a hung collective, a dead GPU peer or an actor stuck in a load",
+        advice="raise sync.timeout_s if a large model needs longer",
+        kind=SyncTimeoutError,
+    )
 
 
 def wait_for(refs: Any, stage: str, timeout_s: float) -> Any:
     """``ray.get`` with a deadline: a stalled collective or actor call ends the run with the stage named."""
-    try:
-        return ray.get(refs, timeout=timeout_s)
-    except GetTimeoutError:
-        raise SyncTimeoutError(
-            f"weight sync stage '{stage}' did not finish within sync.timeout_s={timeout_s:g}s (a hung collective, "
-            "a dead GPU peer or an actor stuck in a load); the run stopped and its last checkpoint is intact "
-            "(resume=auto continues it); raise sync.timeout_s if a large model needs longer"
-        ) from None
+    return get_within(refs, f"weight sync stage '{stage}'", sync_deadline(timeout_s))
 
 
 def loopback_meeting() -> tuple[str, int]:
@@ -170,5 +170,5 @@ class NcclSync(WeightSync):
         return self.wait(received, "rollout receives")[0]
 
 
-# ``sync.method`` -> its choreography (``auto`` is resolved by :func:`aharl.runtime.placement.sync_method`).
+# ``sync.method`` -> its choreography (``auto`` is resolved by :func:`aharl.runtime.topology.choose_sync`).
 TRANSPORTS: dict[str, type[WeightSync]] = {cls.method: cls for cls in (ShmSync, CudaIpcSync, NcclSync)}

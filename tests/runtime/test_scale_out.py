@@ -6,12 +6,13 @@ import pytest
 
 from aharl.config import load_config
 from aharl.errors import AharlError
-from aharl.learner.learner import sync_metrics
+from aharl.learner.learner import UpdateOutcome
 from aharl.rollout.engine import SamplingSettings
 from aharl.rollout.vllm_engine import core_share
-from aharl.runtime.cluster import across_nodes, engine_core_shares, pool_rank_metrics, split_evenly
+from aharl.runtime.cluster import engine_core_shares, pool_rank_outcomes, split_evenly
 from aharl.runtime.placement import plan_layout
-from aharl.runtime.topology import SyncChoice
+from aharl.runtime.topology import SyncChoice, choose_sync
+from aharl.types import SyncGap
 from tests.helpers.paths import CONFIGS
 
 ONE_GPU = CONFIGS / "gsm8k-qwen2.5-0.5b-3090.yaml"
@@ -115,48 +116,37 @@ def test_bad_custom_resources_are_one_line(bad):
 
 def test_sync_gap_is_pooled_per_engine_over_ranks_and_reported_as_the_worst():
     # Rank 0 saw 10 tokens of engine 0 (gap sum 1.0); rank 1 saw 30 tokens of engine 0 (sum 1.0) and 10 of engine 1 (sum 5.0).
-    rank0 = {"loss": 0.25, "grad_norm": 2.0, "_sync/diff_sum/0": 1.0, "_sync/tokens/0": 10.0, "sync/logp_diff": 0.1}
-    rank1 = {
-        "loss": 0.5,
-        "grad_norm": 2.0,
-        "_sync/diff_sum/0": 1.0,
-        "_sync/tokens/0": 30.0,
-        "_sync/diff_sum/1": 5.0,
-        "_sync/tokens/1": 10.0,
-        "sync/logp_diff": 0.5,
-    }
-    merged = pool_rank_metrics([rank0, rank1], num_engines=2)
-    assert merged["loss"] == 0.75  # each rank's loss is its share of the step's
-    assert merged["grad_norm"] == 2.0
-    assert merged["sync/logp_diff/engine0"] == pytest.approx(
-        2.0 / 40
-    )  # token-weighted, not a mean of rank means (0.075)
-    assert merged["sync/logp_diff/engine1"] == pytest.approx(0.5)
-    assert merged["sync/logp_diff"] == pytest.approx(0.5)
-    assert not any(key.startswith("_") for key in merged)
-    assert sync_metrics({0: 1.0}, {0: 4.0}, num_engines=1) == {"sync/logp_diff": 0.25}
+    rank0 = UpdateOutcome({"loss": 0.25, "grad_norm": 2.0}, SyncGap({0: 1.0}, {0: 10.0}))
+    rank1 = UpdateOutcome({"loss": 0.5, "grad_norm": 2.0}, SyncGap({0: 1.0, 1: 5.0}, {0: 30.0, 1: 10.0}))
+    pooled = pool_rank_outcomes([rank0, rank1])
+    assert pooled.metrics == {"loss": 0.75, "grad_norm": 2.0}  # each rank's loss is its share of the step's
+    metrics = pooled.gap.metrics(num_engines=2)
+    assert metrics["sync/logp_diff/engine0"] == pytest.approx(2.0 / 40)  # token-weighted, not a mean of rank means
+    assert metrics["sync/logp_diff/engine1"] == pytest.approx(0.5)
+    assert metrics["sync/logp_diff"] == pytest.approx(0.5)  # the worst engine
+    assert SyncGap({0: 1.0}, {0: 4.0}).metrics(num_engines=1) == {"sync/logp_diff": 0.25}
+    assert SyncGap().metrics(num_engines=1, name="rollout/lag_logp_diff") == {"rollout/lag_logp_diff": 0.0}
 
 
 def test_the_shared_memory_transport_is_kept_on_one_node_and_replaced_across_nodes():
     config = config_with("placement.layout=separate", "sync.method=auto")
-    plan = plan_layout(config, "cpu")
-    shm = SyncChoice("shm", "CPU run")
-    assert across_nodes(shm, config, plan, {0: "a", 1: "a"}) is shm
-    moved = across_nodes(shm, config, plan, {0: "a", 1: "b"})
+    same, apart = {"learner_nodes": ["a"], "engine_nodes": ["a"]}, {"learner_nodes": ["a"], "engine_nodes": ["b"]}
+    assert choose_sync(config, "cpu", **same) == SyncChoice("shm", "CPU run")
+    moved = choose_sync(config, "cpu", **apart)
     assert moved.method == "nccl" and "another node" in moved.line()
     explicit = config_with("placement.layout=separate", "sync.method=shm")
     with pytest.raises(AharlError, match="sync.method=shm needs each rollout engine on its learner's node"):
-        across_nodes(shm, explicit, plan, {0: "a", 1: "b"})
-    nccl = SyncChoice("nccl", "learner and vLLM on their own GPUs")
-    assert across_nodes(nccl, config, plan, {0: "a", 1: "b"}) is nccl
+        choose_sync(explicit, "cpu", **apart)
+    nccl = config_with("placement.layout=separate", "sync.method=nccl")
+    assert choose_sync(nccl, "cpu", **apart).method == "nccl"
 
 
 def test_colocated_cuda_ipc_pairs_are_judged_per_gpu():
     config = load_config(ONE_GPU, ["placement.learner_gpus=2", "rollout.num_engines=2"])
-    plan = plan_layout(config, "cuda")
-    ipc = SyncChoice("cuda_ipc", "learner and vLLM share one GPU")
     # Two nodes, one colocated pair on each: every engine is beside the rank that packs its buckets.
-    assert across_nodes(ipc, config, plan, {0: "a", 1: "b"}) is ipc
+    assert choose_sync(config, "cuda", learner_nodes=["a", "b"], engine_nodes=["a", "b"]).method == "cuda_ipc"
+    # Swapped, engine 0 is away from rank 0: auto moves to the collective transport.
+    assert choose_sync(config, "cuda", learner_nodes=["a", "b"], engine_nodes=["b", "a"]).method == "nccl"
 
 
 def test_engines_on_one_node_split_its_cores():
