@@ -151,12 +151,19 @@ def eval_metrics(evaluation: EvalResult) -> dict[str, float]:
     return {f"eval/{k}": v for k, v in evaluation.summary.items()}
 
 
+# The order a run goes through; each method names the phase it needs (:meth:`RunLifecycle._enter`).
+PHASES = ("opened", "positioned", "tracking", "attached", "running", "ended")
+
+
 class RunLifecycle:
     """One run's bookkeeping, from its directory to its report.
 
-    The order of use: construct (run directory, resume target), then
-    :meth:`resume_position`, :meth:`attach` (once the actors exist),
-    :meth:`begin`, :meth:`after_step` per step, :meth:`finish`, :meth:`close`.
+    The order of use, enforced (a call out of order raises ``RuntimeError``):
+    construct (run directory, resume target), :meth:`resume_position`,
+    :meth:`open_tracking`, :meth:`attach` (once the actors exist),
+    :meth:`begin`, :meth:`after_step` per step, then :meth:`finish` or
+    :meth:`stopped`; :meth:`close` at any point. The memory plan is checked
+    before construction (:func:`check_memory_plan`).
     """
 
     def __init__(self, config: Config, print_fn: PrintFn, progress_bar: bool | None) -> None:
@@ -167,8 +174,13 @@ class RunLifecycle:
         self.wandb: WandbRun | None = None
         self.progress: Progress | None = None
         self._lock: int | None = None
-        # Will it fit? Checked before anything starts (docs/memory-plan.md).
-        check_memory_plan(config)
+        self._phase = "new"
+        # Born with the actors (attach): the cluster, the reward pool and what evaluation needs.
+        self.cluster: Any = None
+        self.rewards: Any = None
+        self.tokenizer: Any = None
+        self.sampler: PromptSampler | None = None
+        self.eval_prompts: list[Prompt] = []
         # Read-only checks first: a bad resume target creates no directory.
         self.resume_from = ckpt.resolve_resume(config.resume, self.run_dir)
         if self.resume_from is not None:
@@ -179,6 +191,20 @@ class RunLifecycle:
         except BaseException:
             self.close()
             raise
+        self._phase = "opened"
+
+    def _enter(self, phase: str, method: str) -> None:
+        """Move to ``phase`` from the one before it; any other order is a bug in the caller."""
+        before = PHASES[PHASES.index(phase) - 1]
+        if self._phase != before:
+            raise RuntimeError(
+                f"RunLifecycle.{method} needs phase '{before}' but the run is '{self._phase}' (order: {' -> '.join(PHASES)})"
+            )
+        self._phase = phase
+
+    def _require(self, phase: str, method: str) -> None:
+        if self._phase != phase:
+            raise RuntimeError(f"RunLifecycle.{method} needs phase '{phase}' but the run is '{self._phase}'")
 
     def _open_directory(self) -> None:
         config, print_fn = self.config, self.print
@@ -205,6 +231,7 @@ class RunLifecycle:
 
     def resume_position(self, sampler: PromptSampler, total_steps: int) -> int:
         """The first step to run: 1, or the step after the checkpoint (whose data position the sampler takes)."""
+        self._enter("positioned", "resume_position")
         self.total_steps = total_steps
         if self.resume_from is not None:
             self.state = state = ckpt.read_checkpoint(self.resume_from)
@@ -250,6 +277,7 @@ class RunLifecycle:
 
     def open_tracking(self) -> None:
         """wandb (a resumed run of this directory continues its wandb run); before the actors, so a missing wandb fails fast."""
+        self._enter("tracking", "open_tracking")
         same_run = self.state is not None and self.continues_run_dir
         self.wandb = WandbRun(self.config, self.run_dir, self.state.wandb_run_id if same_run else None)
         self._elapsed_before = self.state.elapsed_s if self.state else 0.0
@@ -259,6 +287,7 @@ class RunLifecycle:
     def attach(
         self, cluster: Any, rewards: Any, tokenizer: Any, sampler: PromptSampler, eval_prompts: Sequence[Prompt]
     ) -> None:
+        self._enter("attached", "attach")
         self.cluster, self.rewards, self.tokenizer = cluster, rewards, tokenizer
         self.sampler, self.eval_prompts = sampler, list(eval_prompts)
         self._loop_started = time.perf_counter()
@@ -266,6 +295,7 @@ class RunLifecycle:
 
     def begin(self) -> None:
         """A resumed run puts the checkpoint's weights into the rollout engine; a new one evaluates the initial policy."""
+        self._enter("running", "begin")
         if self.state is not None:
             # The rollout engine starts from the initial weights: give it the checkpoint's first.
             self.cluster.load_learner_state(str(self.resume_from / ckpt.LEARNER_DIR))
@@ -279,6 +309,7 @@ class RunLifecycle:
 
     def after_step(self, step: int, metrics: dict[str, float], scored: Sequence[ScoredGroup]) -> None:
         """Periodic evaluation, the step's logs and console line, and a checkpoint when one is due."""
+        self._require("running", "after_step")
         c = self.config
         if self.eval_prompts and c.eval.every_steps and step % c.eval.every_steps == 0 and step < self.total_steps:
             began = time.perf_counter()
@@ -337,6 +368,7 @@ class RunLifecycle:
         that lands while :meth:`after_step` runs (its console line already out)
         still gets the checkpoint that ``resume=auto`` continues from.
         """
+        self._enter("ended", "stopped")
         if self.checkpointed_step != step:
             self.save_checkpoint(step)
         self.result.stopped_by, self.result.exit_code = signal_name, exit_code
@@ -347,6 +379,7 @@ class RunLifecycle:
 
     def finish(self) -> None:
         """The outputs of a finished run: the HF policy, the final evaluation and report, the plots."""
+        self._enter("ended", "finish")
         self.progress.close()
         try:
             final = self.export_policy(self.run_dir / "final")
