@@ -46,11 +46,6 @@ class Layout:
     rollouts: list[ActorSlot]  # one per rollout engine
     strategy: str  # Ray placement strategy: keep colocated actors on one node
 
-    @property
-    def rollout(self) -> ActorSlot:
-        """The first engine's slot (the only one unless ``rollout.num_engines`` > 1)."""
-        return self.rollouts[0]
-
 
 def _with(bundle: dict[str, float], *extra: dict[str, float]) -> dict[str, float]:
     merged = dict(bundle)
@@ -118,19 +113,3 @@ def plan_layout(config: Config, device: str) -> Layout:
     bundles += [_with({"GPU": float(p.rollout_gpus), "CPU": 1.0}, rres) for _ in range(engines)]
     learners = [ActorSlot(i, 1.0, 1.0) for i in range(ranks)]
     return Layout(bundles, learners, [ActorSlot(ranks + e, 1.0, float(p.rollout_gpus)) for e in range(engines)], "PACK")
-
-
-def sync_method(config: Config, device: str) -> str:
-    """The weight transport for this layout when ``sync.method=auto``."""
-    if config.sync.method != "auto":
-        method, layout = config.sync.method, config.placement.layout
-        # The config checks these pairings unless placement.device=cpu; here the device is known.
-        if device == "cuda" and (method, layout) in (("nccl", "colocate"), ("cuda_ipc", "separate")):
-            raise AharlError(
-                f"sync.method={method} cannot run with placement.layout={layout} on GPUs "
-                "(NCCL needs one process per GPU; CUDA IPC maps memory of the same GPU); use sync.method=auto"
-            )
-        return method
-    if device != "cuda" or config.rollout.backend == "hf":
-        return "shm"
-    return "cuda_ipc" if config.placement.layout == "colocate" else "nccl"

@@ -6,7 +6,8 @@ import pytest
 
 from aharl.config import load_config
 from aharl.errors import AharlError
-from aharl.runtime.placement import plan_layout, sync_method
+from aharl.runtime.placement import plan_layout
+from aharl.runtime.topology import choose_sync
 from tests.helpers.paths import CONFIGS
 
 ONE_GPU = CONFIGS / "gsm8k-qwen2.5-0.5b-3090.yaml"
@@ -17,12 +18,12 @@ def test_colocated_single_gpu_layout_shares_one_bundle():
     config = load_config(ONE_GPU)
     layout = plan_layout(config, "cuda")
     assert layout.bundles == [{"GPU": 1.0, "CPU": 2.0}]
-    assert layout.rollout.bundle_index == layout.learners[0].bundle_index == 0
+    assert layout.rollouts[0].bundle_index == layout.learners[0].bundle_index == 0
     # Fractional shares of the one GPU that add up to it: vLLM gets its memory fraction.
-    assert layout.rollout.num_gpus == 0.3
-    assert layout.learners[0].num_gpus + layout.rollout.num_gpus == pytest.approx(1.0)
+    assert layout.rollouts[0].num_gpus == 0.3
+    assert layout.learners[0].num_gpus + layout.rollouts[0].num_gpus == pytest.approx(1.0)
     assert layout.strategy == "STRICT_PACK"
-    assert sync_method(config, "cuda") == "cuda_ipc"
+    assert choose_sync(config, "cuda").method == "cuda_ipc"
 
 
 @pytest.mark.parametrize("fraction", [0.3, 1 / 3, 0.3333, 0.33335, 0.1, 0.05, 0.99999, 0.00001])
@@ -30,10 +31,10 @@ def test_colocated_shares_fit_one_gpu_in_rays_units(fraction):
     """Ray counts GPU shares in 1e-4 units: 0.3333 + 0.667 is 10003 units, and never places."""
     config = load_config(ONE_GPU, [f"rollout.gpu_memory_utilization={fraction}"])
     layout = plan_layout(config, "cuda")
-    units = [round(s.num_gpus * 10_000, 6) for s in (layout.learners[0], layout.rollout)]
+    units = [round(s.num_gpus * 10_000, 6) for s in (layout.learners[0], layout.rollouts[0])]
     assert all(u == int(u) and u >= 1 for u in units)
     assert sum(units) == 10_000
-    assert abs(layout.rollout.num_gpus - fraction) < 1e-4
+    assert abs(layout.rollouts[0].num_gpus - fraction) < 1e-4
 
 
 def test_separate_two_gpu_layout_gives_rollout_its_own_gpu():
@@ -41,15 +42,15 @@ def test_separate_two_gpu_layout_gives_rollout_its_own_gpu():
     layout = plan_layout(config, "cuda")
     assert layout.bundles == [{"GPU": 1.0, "CPU": 1.0}, {"GPU": 1.0, "CPU": 1.0}]
     assert [s.bundle_index for s in layout.learners] == [0] and layout.learners[0].num_gpus == 1.0
-    assert layout.rollout.bundle_index == 1 and layout.rollout.num_gpus == 1.0
-    assert sync_method(config, "cuda") == "nccl"
+    assert layout.rollouts[0].bundle_index == 1 and layout.rollouts[0].num_gpus == 1.0
+    assert choose_sync(config, "cuda").method == "nccl"
 
 
 def test_multi_gpu_learner_ranks_each_get_a_gpu():
     config = load_config(TWO_GPU, ["placement.learner_gpus=2", "placement.rollout_gpus=2"])
     layout = plan_layout(config, "cuda")
     assert [s.bundle_index for s in layout.learners] == [0, 1]
-    assert layout.bundles[-1] == {"GPU": 2.0, "CPU": 1.0} and layout.rollout.bundle_index == 2
+    assert layout.bundles[-1] == {"GPU": 2.0, "CPU": 1.0} and layout.rollouts[0].bundle_index == 2
 
 
 @pytest.mark.parametrize("layout_name, rollout_bundle", [("colocate", 0), ("separate", 1)])
@@ -57,9 +58,9 @@ def test_both_layouts_run_on_cpu_without_gpus(layout_name, rollout_bundle):
     config = load_config(ONE_GPU, [f"placement.layout={layout_name}", "sync.method=auto"])
     layout = plan_layout(config, "cpu")
     assert all("GPU" not in b for b in layout.bundles)
-    assert all(s.num_gpus == 0 for s in [layout.rollout, *layout.learners])
-    assert layout.rollout.bundle_index == rollout_bundle
-    assert sync_method(config, "cpu") == "shm"
+    assert all(s.num_gpus == 0 for s in [layout.rollouts[0], *layout.learners])
+    assert layout.rollouts[0].bundle_index == rollout_bundle
+    assert choose_sync(config, "cpu").method == "shm"
 
 
 @pytest.mark.parametrize("layout_name", ["colocate", "separate"])
@@ -67,7 +68,7 @@ def test_both_layouts_run_on_cpu_without_gpus(layout_name, rollout_bundle):
 def test_every_transport_runs_in_both_layouts_on_cpu(method, layout_name):
     # nccl is a gloo collective and cuda_ipc its shared-memory twin on CPU: no GPU pairing rules apply.
     config = load_config(ONE_GPU, [f"placement.layout={layout_name}", f"sync.method={method}", "placement.device=cpu"])
-    assert sync_method(config, "cpu") == method
+    assert choose_sync(config, "cpu").method == method
 
 
 @pytest.mark.parametrize("method, layout_name", [("nccl", "colocate"), ("cuda_ipc", "separate")])
@@ -79,7 +80,7 @@ def test_gpu_pairings_that_cannot_work_are_refused(method, layout_name):
     with pytest.raises(
         AharlError, match=f"sync.method={method} cannot run with placement.layout={layout_name} on GPUs"
     ):
-        sync_method(cpu_only, "cuda")
+        choose_sync(cpu_only, "cuda").method
 
 
 def test_groups_meet_on_loopback_on_one_node_and_at_rank_zeros_node_across_nodes():
@@ -98,7 +99,7 @@ def test_tensor_parallel_rollout_gets_every_rollout_gpu():
     separate = load_config(TWO_GPU, ["placement.rollout_gpus=2"])
     assert rollout_workers(separate, "cuda") == 2
     assert engine_kwargs(separate, "cuda")["tensor_parallel_size"] == 2
-    assert plan_layout(separate, "cuda").rollout.num_gpus == 2
+    assert plan_layout(separate, "cuda").rollouts[0].num_gpus == 2
     assert rollout_workers(separate, "cpu") == 1
     assert "tensor_parallel_size" not in engine_kwargs(separate, "cpu")
     with pytest.raises(AharlError, match="placement.rollout_gpus"):
