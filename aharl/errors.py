@@ -18,6 +18,17 @@ def first_line(text: str, limit: int = 300) -> str:
     return shown
 
 
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (the type alone when there is no message): a cause inside one line."""
+    shown = first_line(str(exc), limit)
+    return f"{type(exc).__name__}: {shown}" if shown else type(exc).__name__
+
+
+def one_line(message: str) -> str:
+    """``message`` with its lines joined by `` | ``: an error that quotes user text may hold newlines."""
+    return " | ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
 class AharlError(Exception):
     """A problem with the user's input, described in one line with its fix."""
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from aharl.errors import AharlError
+from aharl.errors import AharlError, describe
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -89,8 +89,7 @@ def tokenizer_from(directory: str, shown: str | None = None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except Exception as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+        reason = describe(exc, 200)
         fix = (
             "its tokenizer files may be damaged; copy the directory again"
             if local.is_dir()

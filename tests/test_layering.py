@@ -106,3 +106,47 @@ def test_pure_grpo_math_imports_without_ray_vllm_or_deepspeed():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def import_cycle(package: Path) -> list[str] | None:
+    """A cycle among the modules of one package (imports inside functions count), or None."""
+    modules = {module_name(p): p for p in sorted(package.glob("*.py"))}
+    edges = {name: [t for t in imports_of(path) if t in modules and t != name] for name, path in modules.items()}
+    state: dict[str, str] = {}  # "open" while on the path being walked, "done" after
+
+    def walk(name: str, path: list[str]) -> list[str] | None:
+        state[name] = "open"
+        for target in edges[name]:
+            if state.get(target) == "open":
+                return path[path.index(target) :] + [target] if target in path else [name, target]
+            if target not in state and (cycle := walk(target, [*path, target])):
+                return cycle
+        state[name] = "done"
+        return None
+
+    for name in modules:
+        if name not in state and (cycle := walk(name, [name])):
+            return cycle
+    return None
+
+
+@pytest.mark.parametrize(
+    "package", [PACKAGE, *sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())], ids=lambda p: p.name
+)
+def test_no_package_has_an_import_cycle_among_its_modules(package):
+    # A cycle makes the import order matter and the modules one unit in disguise (a backend and its registry, say).
+    assert import_cycle(package) is None, f"import cycle: {' -> '.join(import_cycle(package))}"
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
+    pkg = tmp_path / "aharl" / "demo"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from aharl.demo.b import g\n")
+    (pkg / "b.py").write_text("from aharl.demo.a import f\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "aharl")
+    assert import_cycle(pkg) in (
+        ["aharl.demo.a", "aharl.demo.b", "aharl.demo.a"],
+        ["aharl.demo.b", "aharl.demo.a", "aharl.demo.b"],
+    )

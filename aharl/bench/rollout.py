@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 from aharl.config import Config
 from aharl.errors import AharlError
-from aharl.rollout.engine import SamplingSettings, build_rollout_engine
+from aharl.rollout.backends import build_rollout_engine
+from aharl.rollout.engine import SamplingSettings
 from aharl.rollout.hf_engine import completion_length
 from aharl.types import Prompt, RolloutGroup
 

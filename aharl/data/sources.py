@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from aharl.config import DataConfig
 from aharl.data.synthetic import make_dataset
-from aharl.errors import DataError, first_line
+from aharl.errors import DataError, describe
 
 SYNTHETIC = "synthetic"
 _FILE_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -38,7 +38,7 @@ def load_rows(config: DataConfig) -> list[dict[str, Any]]:
     except Exception as exc:  # the file's values decode only here (e.g. bytes a format check did not cover)
         cause = _root_cause(exc)
         raise DataError(
-            f"cannot read the rows of data source {config.source} ({type(cause).__name__}: {first_line(str(cause))}); check the file's encoding (UTF-8) and values"
+            f"cannot read the rows of data source {config.source} ({describe(cause)}); check the file's encoding (UTF-8) and values"
         ) from None
 
 
@@ -89,11 +89,11 @@ def _load(datasets, config: DataConfig, path: Path, loader: str | None):
         if loader is not None or path.is_dir():
             # A local file: the network advice below would mislead; the parser's own words say what is wrong.
             raise DataError(
-                f"cannot read data file {config.source} ({type(cause).__name__}: {first_line(str(cause))}); "
+                f"cannot read data file {config.source} ({describe(cause)}); "
                 f"check that it is a valid {path.suffix.lstrip('.') or 'dataset'} file with a {config.question_column!r} and an {config.answer_column!r} column"
             ) from None
         raise DataError(
-            f"cannot load data source {config.source!r} ({type(exc).__name__}: {first_line(str(exc))}); "
+            f"cannot load data source {config.source!r} ({describe(exc)}); "
             "without network pass a local file (data.source=path/to/train.jsonl) or data.source=synthetic"
         ) from None
 

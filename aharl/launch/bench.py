@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from aharl.errors import AharlError, first_line
+from aharl.errors import AharlError, describe
 from aharl.launch.common import load_run_config, out_dir
 
 
@@ -112,7 +112,7 @@ def bench_step(args: argparse.Namespace) -> int:
             except (
                 Exception
             ) as exc:  # TRL's vLLM path on a build it does not support: report it, keep the other figures
-                not_run[bench.TRL_VLLM] = f"{type(exc).__name__}: {first_line(str(exc), 200)}"
+                not_run[bench.TRL_VLLM] = describe(exc, 200)
                 print(f"{bench.TRL_VLLM} could not run here: {not_run[bench.TRL_VLLM]}", flush=True)
     else:
         print("TRL is not installed (pip install -e '.[trl]'): measuring aharl only")

@@ -17,7 +17,8 @@ from typing import Sequence
 
 from aharl.errors import AharlError
 from aharl.evaluation.run import GREEDY, EvalMode, evaluate, local_scorer
-from aharl.rollout.engine import SamplingSettings, build_rollout_engine
+from aharl.rollout.backends import build_rollout_engine
+from aharl.rollout.engine import SamplingSettings
 from aharl.tracking.evals import read_eval_file, write_eval_file
 from aharl.types import EvalResult, Prompt, RolloutGroup
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-from aharl.errors import AharlError
+from aharl.errors import AharlError, one_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,11 +33,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aharl: interrupted", file=sys.stderr)
         return 130
-
-
-def one_line(message: str) -> str:
-    """``message`` as a single line: an error that quotes user text (an exception's message) may hold newlines."""
-    return " | ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 class _Parser(argparse.ArgumentParser):

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from aharl.errors import first_line
 from aharl.launch.common import load_run_config
 
 
@@ -39,7 +40,7 @@ def run_train(args: argparse.Namespace) -> int:
         result = train(config, library_logs=not args.verbose)
     except RayError as exc:
         # The actor's own traceback is in its log; say which part failed, in one line.
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        first = first_line(str(exc)) or type(exc).__name__
         where = "above" if args.verbose else f"in {run_directory(config) / 'logs'}/"
         print(
             f"aharl: error: an actor failed ({type(exc).__name__}: {first[:300]}); its log is {where}", file=sys.stderr

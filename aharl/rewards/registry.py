@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from aharl.config import Config
-from aharl.errors import ConfigError, first_line
+from aharl.errors import ConfigError, describe
 from aharl.rewards import arithmetic, corrected, reference
 from aharl.rewards.calling import required_columns, signature_problem
 from aharl.rewards.reference import RewardFn
@@ -92,9 +92,7 @@ def load_user_function(spec: str) -> RewardFn:
     except BaseException as exc:  # user code: a syntax error, a missing import, sys.exit(), anything
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise ConfigError(
-            "rewards.functions", f"entry {spec!r} failed to import: {type(exc).__name__}: {first_line(str(exc))}", fix
-        ) from None
+        raise ConfigError("rewards.functions", f"entry {spec!r} failed to import: {describe(exc)}", fix) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError("rewards.functions", f"entry {spec!r}: {target} has no function {attr!r}", fix)

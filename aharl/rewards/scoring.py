@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from aharl.errors import RewardError, first_line
+from aharl.errors import RewardError, describe, first_line
 from aharl.rewards.calling import RewardBatch, RewardLogs, RewardStep, invoke, required_columns
 from aharl.rewards.reference import RewardFn
 from aharl.types import RolloutGroup, ScoredGroup
@@ -46,7 +46,7 @@ def call_reward(name: str, fn: RewardFn, batch: RewardBatch, logs: RewardLogs | 
     try:
         returned = invoke(fn, batch, logs if logs is not None else RewardLogs())
     except Exception as exc:  # user code may raise anything
-        raise RewardError(f"reward function `{name}` raised {type(exc).__name__}: {first_line(str(exc))}") from exc
+        raise RewardError(f"reward function `{name}` raised {describe(exc)}") from exc
     count = len(batch)
     fix = f"return a list of {count} floats, one per completion, in order"
     if returned is None:

@@ -6,8 +6,6 @@ replaces one that dies or hangs; nothing here knows of Ray.
 
 from __future__ import annotations
 
-import os
-
 from aharl import faults
 from aharl.rewards.calling import RewardBatch
 from aharl.rewards.registry import resolve_reward_functions
@@ -24,6 +22,3 @@ class RewardWorker:
     def score(self, batch: RewardBatch) -> RewardScores:
         faults.reached("reward.score")
         return score_batch(batch, self.functions, self.weights, tolerate_errors=True)
-
-    def ping(self) -> int:
-        return os.getpid()

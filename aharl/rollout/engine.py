@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-from aharl.config import Config, RolloutConfig
+from aharl.config import RolloutConfig
 from aharl.types import Prompt, RolloutGroup
 
 
@@ -80,21 +80,3 @@ class RolloutEngine(Protocol):
 
     def parameter_checksum(self) -> float:
         """Sum of |w| over the parameters: a fingerprint to compare across a sync."""
-
-
-def engine_class(backend: str) -> type:
-    """The class for ``rollout.backend`` (imported lazily: vLLM is heavy and optional)."""
-    if backend == "vllm":
-        from aharl.rollout.vllm_engine import VLLMEngine
-
-        return VLLMEngine
-    if backend == "hf":
-        from aharl.rollout.hf_engine import HFEngine
-
-        return HFEngine
-    raise ValueError(f"unknown rollout backend {backend!r}")  # config validation admits only the two
-
-
-def build_rollout_engine(config: Config, device: str, backend: str | None = None) -> RolloutEngine:
-    """A rollout engine for ``config`` on ``device`` (``backend`` overrides ``rollout.backend``)."""
-    return engine_class(backend or config.rollout.backend)(config, device)

@@ -7,7 +7,7 @@ import socket
 
 import ray
 
-from aharl.errors import AharlError
+from aharl.errors import AharlError, describe, first_line
 
 # Seconds to wait for the cluster's GCS to accept a connection and answer.
 # ray.init itself retries an unreachable address for minutes, which looks like a hang.
@@ -42,8 +42,7 @@ def connect_ray(stream_actor_logs: bool = True) -> None:
     except (ConnectionError, ValueError) as exc:
         if address is None:
             raise
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+        reason = describe(exc, 200)
         raise AharlError(
             f"cannot join the Ray cluster at RAY_ADDRESS={address} ({reason}); check the address and, "
             f"if the cluster uses token authentication, RAY_AUTH_TOKEN; or {_UNSET}"
@@ -147,8 +146,7 @@ def _token_refused(address: str) -> str | None:
         stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=CONNECT_TIMEOUT_S)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-            lines = [line.strip() for line in (exc.details() or "").splitlines() if line.strip()]
-            return lines[0][:200] if lines else "unauthenticated"
+            return first_line(exc.details() or "", 200) or "unauthenticated"
         return None
     finally:
         channel.close()
