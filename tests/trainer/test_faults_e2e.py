@@ -126,8 +126,8 @@ def test_a_hung_rollout_engine_ends_the_run_within_its_deadline(runs):
     assert hung["returncode"] == 3, hung["log"][-3000:]
     assert "Traceback" not in hung["log"] and not hung["orphans"]
     assert last_line(hung["log"]) == (
-        "aharl: error: step 5: rollout engine 0 did not return its generation within rollout.timeout_s=10s (a hung engine); raise "
-        "rollout.timeout_s if generation is really that slow; the last complete checkpoint is "
+        "aharl: error: step 5: rollout engine 0's generation did not finish within rollout.timeout_s=10s (a hung engine); "
+        "raise rollout.timeout_s if it is really that slow; the last complete checkpoint is "
         f"{runs['run_dir'] / 'checkpoints' / checkpoint_name(4)} (continue with: aharl train <config> resume=auto)"
     )
 
