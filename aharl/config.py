@@ -1,8 +1,10 @@
 """The typed config tree, loaded from YAML with dotted command-line overrides.
 
 One dataclass per section; the field's type hint is the schema and its default
-is the reference recipe's value where the recipe sets one. Loading checks
-every key and value and raises :class:`~aharl.errors.ConfigError` naming the
+is the reference recipe's value where the recipe sets one. A field's value
+checks sit beside it (:func:`checked`), a section's own rules in its
+``check`` method, and the few rules that span sections at the end of this
+module (:func:`_check_across_sections`). Loading checks every key and value and raises :class:`~aharl.errors.ConfigError` naming the
 key, where it came from (the file or the command line) and the fix, so that a
 typo fails in the first second of a run and not after the model has loaded.
 """
@@ -29,6 +31,44 @@ from aharl.system_prompts import REFERENCE_SYSTEM_PROMPT
 DEFAULTS = "defaults"
 COMMAND_LINE = "command-line override"
 
+# A check's way to refuse: (holds, key, problem, fix); raises ConfigError naming the key and its source.
+Require = Callable[[bool, str, str, str], None]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A check on one field's value, kept beside the field: ``problem`` shows the value where it says ``{value}``."""
+
+    ok: Callable[[Any], bool]
+    problem: str
+    fix: str
+
+
+def checked(default: Any, *bounds: Bound) -> Any:
+    """A field with its value checks (run at load, in order, before the section's and the cross-section rules)."""
+    return field(default=default, metadata={"bounds": bounds})
+
+
+def checked_factory(default_factory: Callable[[], Any], *bounds: Bound) -> Any:
+    """:func:`checked` for a mutable default (a list), made fresh for every config."""
+    return field(default_factory=default_factory, metadata={"bounds": bounds})
+
+
+def at_least(low: int, fix: str) -> Bound:
+    return Bound(lambda v: v >= low, f"= {{value}} must be at least {low}", fix)
+
+
+def positive(fix: str, why: str = "") -> Bound:
+    return Bound(lambda v: v > 0, "= {value} must be positive" + (f" ({why})" if why else ""), fix)
+
+
+def not_negative(fix: str) -> Bound:
+    return Bound(lambda v: v >= 0, "= {value} must not be negative", fix)
+
+
+def non_empty(problem: str, fix: str) -> Bound:
+    return Bound(lambda v: bool(v.strip() if isinstance(v, str) else v), problem, fix)
+
 
 @dataclass
 class LoraConfig:
@@ -40,10 +80,22 @@ class LoraConfig:
     ``target_modules: [all-linear]`` is every linear layer but the output head.
     """
 
-    r: int = 0
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    r: int = checked(
+        0,
+        Bound(
+            lambda v: v >= 0,
+            "= {value} must be 0 (full fine-tuning) or a positive rank",
+            "set it to e.g. 16, or 0 to train every weight",
+        ),
+    )
+    alpha: float = checked(32.0, positive("set it to e.g. 32 (twice r is common)"))
+    dropout: float = checked(0.0, Bound(lambda v: 0 <= v < 1, "= {value} must be in [0, 1)", "set it to 0.0"))
+    target_modules: list[str] = checked_factory(
+        lambda: ["all-linear"],
+        non_empty(
+            "is empty: no layer would get an adapter", "list layer names, e.g. [q_proj, v_proj], or [all-linear]"
+        ),
+    )
 
 
 @dataclass
@@ -63,10 +115,10 @@ class ModelConfig:
 class SyntheticConfig:
     """The offline arithmetic word-problem task (used when data.source is ``synthetic``)."""
 
-    num_examples: int = 2000
+    num_examples: int = checked(2000, at_least(1, "set it to e.g. 2000"))
     # Number of arithmetic operations in each problem; 1 is a single sum.
-    difficulty: int = 2
-    max_operand: int = 20
+    difficulty: int = checked(2, Bound(lambda v: 1 <= v <= 8, "= {value} must be between 1 and 8", "set it to e.g. 2"))
+    max_operand: int = checked(20, at_least(2, "set it to e.g. 20"))
 
 
 @dataclass
@@ -88,7 +140,7 @@ class DataConfig:
     """Where prompts come from and how they are rendered."""
 
     # A hub id (``openai/gsm8k``), a local .jsonl/.json/.parquet file, or ``synthetic``.
-    source: str = "openai/gsm8k"
+    source: str = checked("openai/gsm8k", non_empty("is empty", "give a hub id, a local file, or `synthetic`"))
     subset: str | None = "main"
     split: str = "train"
     question_column: str = "question"
@@ -96,12 +148,21 @@ class DataConfig:
     # ``gsm8k``: the text after the first ``####``; ``plain``: the whole field, stripped.
     answer_extractor: Literal["gsm8k", "plain"] = "gsm8k"
     system_prompt: str = REFERENCE_SYSTEM_PROMPT
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: int = checked(256, at_least(1, "set it to e.g. 256"))
     shuffle: bool = True
     seed: int = 42
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     # Worked examples shown before each question (user / assistant turns after the system prompt).
     demonstrations: list[Demonstration] = field(default_factory=list)
+
+    def check(self, require: Require) -> None:
+        for i, demo in enumerate(self.demonstrations):
+            require(
+                bool(demo.question.strip() and demo.response.strip()),
+                f"demonstrations.{i}",
+                "needs both a question and a response",
+                "write each as {question: ..., response: ...}",
+            )
 
 
 @dataclass
@@ -110,13 +171,34 @@ class RolloutConfig:
 
     backend: Literal["vllm", "hf"] = "vllm"
     # Completions per prompt (the GRPO group size G).
-    n: int = 16
-    temperature: float = 0.9
-    top_p: float = 1.0
-    max_tokens: int = 200
+    n: int = checked(
+        16,
+        Bound(
+            lambda v: v >= 2,
+            "= {value} is too small: GRPO compares completions within a group",
+            "set rollout.n to 2 or more (the reference uses 16)",
+        ),
+    )
+    temperature: float = checked(
+        0.9,
+        Bound(
+            lambda v: v > 0,
+            "= {value} must be above 0 (GRPO needs sampled, differing completions)",
+            "set it to e.g. 0.9",
+        ),
+    )
+    top_p: float = checked(
+        1.0,
+        Bound(
+            lambda v: 0 < v <= 1, "= {value} must be in (0, 1]", "set it to 1.0 to sample from the whole distribution"
+        ),
+    )
+    max_tokens: int = checked(200, at_least(1, "set it to e.g. 200"))
     seed: int = 0
     # Fraction of GPU memory for vLLM (weights + KV cache); of RAM on CPU.
-    gpu_memory_utilization: float = 0.3
+    gpu_memory_utilization: float = checked(
+        0.3, Bound(lambda v: 0 < v <= 1, "= {value} must be in (0, 1]", "set it to e.g. 0.3")
+    )
     # Colocated layout: free vLLM's memory while the learner updates.
     sleep_during_update: bool = True
     enforce_eager: bool = False
@@ -127,10 +209,10 @@ class RolloutConfig:
     overlap: Literal["off", "one_step"] = "off"
     # Data-parallel rollout engines: a step's prompts are split across them
     # in order, and every engine receives every weight sync.
-    num_engines: int = 1
+    num_engines: int = checked(1, at_least(1, "set it to 1 or more"))
     # A step's generation must return within this (a hung engine ends the run
     # with one line instead of holding the GPUs idle forever).
-    timeout_s: float = 3600.0
+    timeout_s: float = checked(3600.0, positive("set it to e.g. 3600"))
 
 
 @dataclass
@@ -139,36 +221,48 @@ class RewardsConfig:
 
     # Registry names, set names (``reference``, ``corrected``), or user functions
     # as ``package.module:function`` / ``path/to/file.py:function``.
-    functions: list[str] = field(default_factory=lambda: ["reference"])
+    functions: list[str] = checked_factory(
+        lambda: ["reference"],
+        non_empty("is empty: nothing would score completions", "list at least one, e.g. [reference]"),
+    )
     # Multiplier per function name (default 1.0).
     weights: dict[str, float] = field(default_factory=dict)
-    num_workers: int = 2
-    timeout_s: float = 30.0
+    num_workers: int = checked(2, at_least(1, "set it to e.g. 2"))
+    timeout_s: float = checked(30.0, positive("set it to e.g. 30"))
 
 
 @dataclass
 class LearnerConfig:
     """The engine of the update: optimizer, schedule, batch shape, ZeRO and precision (the algorithm is ``grpo``)."""
 
-    lr: float = 5e-6
+    lr: float = checked(5e-6, positive("set it to e.g. 5e-6"))
     betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.1
-    warmup_ratio: float = 0.1
+    weight_decay: float = checked(0.1, not_negative("set it to e.g. 0.1"))
+    warmup_ratio: float = checked(0.1, Bound(lambda v: 0 <= v < 1, "= {value} must be in [0, 1)", "set it to e.g. 0.1"))
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    max_grad_norm: float = 0.1
+    max_grad_norm: float = checked(0.1, positive("set it to e.g. 0.1 (or a large number to disable clipping)"))
     # Prompts per optimizer step; each brings rollout.n completions.
-    prompts_per_step: int = 4
+    prompts_per_step: int = checked(4, at_least(1, "set it to e.g. 4"))
     # Prompts per forward/backward pass; prompts_per_step / this = accumulation steps.
-    micro_batch_prompts: int = 1
-    epochs: int = 1
+    micro_batch_prompts: int = checked(1, at_least(1, "set it to e.g. 1"))
+    epochs: int = checked(1, at_least(1, "set it to 1 or more"))
     # Stop after this many optimizer steps (null: one pass over the data per epoch).
-    max_steps: int | None = None
-    zero_stage: int = 2
+    max_steps: int | None = checked(
+        None,
+        Bound(
+            lambda v: v is None or v >= 1,
+            "= {value} must be at least 1",
+            "set it to a positive number, or null for whole epochs",
+        ),
+    )
+    zero_stage: int = checked(
+        2, Bound(lambda v: v in (0, 1, 2, 3), "= {value} is not a ZeRO stage", "use 0, 1, 2 or 3")
+    )
     # ``auto``: bf16 on a GPU, fp32 on CPU (where bf16 is ~4x slower).
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     gradient_checkpointing: bool = True
     # Rows of logits turned into log-probs at a time (bounds fp32 memory).
-    logprob_chunk_rows: int = 1024
+    logprob_chunk_rows: int = checked(1024, at_least(1, "set it to e.g. 1024"))
     # How a micro-batch reaches the model. ``shared_prefix``: one packed row,
     # each group's prompt encoded once and its completions attending to it
     # (no padding, 1.9x fewer positions than ``padded`` at the quickstart shape, same loss and
@@ -179,13 +273,34 @@ class LearnerConfig:
     # A token budget per micro-batch instead of micro_batch_prompts whole
     # groups: sequences are sorted by length and packed up to this many tokens
     # (a group longer than the budget is split; each part re-encodes its prompt).
-    max_tokens_per_micro_batch: int | None = None
+    max_tokens_per_micro_batch: int | None = checked(
+        None,
+        Bound(
+            lambda v: v is None or v >= 16,
+            "= {value} must be at least 16 (or null)",
+            "set it to e.g. 4096, or null for micro_batch_prompts groups",
+        ),
+    )
     seed: int = 42
     # An update whose loss or gradient norm is not finite is skipped (weights
     # unchanged, counted in train/skipped_steps); this many in a row stop the run.
-    max_skipped_in_a_row: int = 3
+    max_skipped_in_a_row: int = checked(3, at_least(1, "set it to e.g. 3"))
     # A step's update must return within this (a hung collective ends the run).
-    timeout_s: float = 3600.0
+    timeout_s: float = checked(3600.0, positive("set it to e.g. 3600"))
+
+    def check(self, require: Require) -> None:
+        require(
+            all(0 <= b < 1 for b in self.betas),
+            "betas",
+            f"= {list(self.betas)} must both be in [0, 1)",
+            "use e.g. [0.9, 0.99]",
+        )
+        require(
+            self.prompts_per_step % self.micro_batch_prompts == 0,
+            "micro_batch_prompts",
+            f"= {self.micro_batch_prompts} does not divide learner.prompts_per_step = {self.prompts_per_step}",
+            "choose a divisor of prompts_per_step so that every accumulation step is the same size",
+        )
 
 
 @dataclass
@@ -197,12 +312,16 @@ class GRPOConfig:
     """
 
     # KL coefficient to the frozen initial policy; 0 loads no reference model.
-    beta: float = 0.04
-    clip_eps_low: float = 0.2
+    beta: float = checked(0.04, not_negative("set it to 0 (no KL) or e.g. 0.04"))
+    clip_eps_low: float = checked(
+        0.2,
+        not_negative("set it to e.g. 0.2"),
+        Bound(lambda v: v < 1, "= {value} must be below 1 (the ratio's lower bound is 1 - eps)", "set it to e.g. 0.2"),
+    )
     # Clip-higher (DAPO): a larger upper bound lets low-probability tokens grow.
-    clip_eps_high: float = 0.2
+    clip_eps_high: float = checked(0.2, not_negative("set it to e.g. 0.28"))
     # Optimizer steps per rollout batch (mu); 1 keeps the ratio exactly 1.
-    updates_per_batch: int = 1
+    updates_per_batch: int = checked(1, at_least(1, "set it to 1 (the reference)"))
     # ``sequence``: mean per completion, then mean (the reference); ``token``:
     # every token weighs the same (DAPO); ``dr_grpo``: sum / (completions x max_tokens);
     # ``bnpo``: token mean per micro-batch, then mean over micro-batches (TRL's bnpo).
@@ -214,17 +333,21 @@ class GRPOConfig:
     # got the same reward teach nothing and are dropped; more prompts are drawn
     # and sampled until the step is full, for at most this many extra rounds
     # (then the step is filled with dropped groups). 0: off.
-    dynamic_sampling_max_rounds: int = 0
+    dynamic_sampling_max_rounds: int = checked(
+        0, Bound(lambda v: v >= 0, "= {value} must be 0 (off) or more", "set it to e.g. 3")
+    )
     # Correct for the rollout engine's log-probs differing from the learner's
     # (grpo/loss.py::rollout_correction_weights): ``tis`` weights each token by
     # min(rho, cap), ``mis`` drops completions whose mean log-ratio leaves
     # [-log cap, log cap]; ``none`` is the reference recipe.
     rollout_correction: Literal["none", "tis", "mis"] = "none"
-    rollout_correction_cap: float = 2.0
+    rollout_correction_cap: float = checked(
+        2.0, Bound(lambda v: v > 1, "= {value} must be above 1", "set it to e.g. 2.0")
+    )
     # False is Dr. GRPO: advantages are centred but not divided by the std.
     scale_advantages_by_std: bool = True
     advantage_stats: Literal["group", "batch"] = "group"
-    advantage_eps: float = 1e-4
+    advantage_eps: float = checked(1e-4, positive("set it to e.g. 1e-4", why="it keeps a zero-spread group finite"))
 
 
 @dataclass
@@ -236,7 +359,7 @@ class PlacementConfig:
     layout: Literal["colocate", "separate"] = "colocate"
     device: Literal["auto", "cuda", "cpu"] = "auto"
     # Data-parallel learner ranks: one GPU each (on CPU, one process each).
-    learner_gpus: int = 1
+    learner_gpus: int = checked(1, at_least(1, "set it to 1 or more"))
     # GPUs per rollout engine in the separate layout (its tensor-parallel size).
     rollout_gpus: int = 1
     # Ray custom resources each learner / rollout bundle also asks for, to pin
@@ -246,25 +369,61 @@ class PlacementConfig:
     rollout_resources: dict[str, float] = field(default_factory=dict)
     # Memory of each GPU in GiB for the memory plan (``aharl plan``, and the
     # check ``aharl train`` runs before starting); null: the local GPU's.
-    gpu_memory_gib: float | None = None
+    gpu_memory_gib: float | None = checked(
+        None,
+        Bound(
+            lambda v: v is None or v > 0,
+            "= {value} must be positive (or null)",
+            "set it to e.g. 24, or null for the local GPU's",
+        ),
+    )
+
+    def check(self, require: Require) -> None:
+        require(
+            self.layout == "colocate" or self.rollout_gpus >= 1,
+            "rollout_gpus",
+            f"= {self.rollout_gpus} must be at least 1 in the separate layout",
+            "set it to 1 or more, or use placement.layout=colocate",
+        )
+        require(
+            self.layout == "separate" or self.rollout_gpus <= 1,
+            "rollout_gpus",
+            f"= {self.rollout_gpus} applies to the separate layout only (colocated vLLM shares learner rank 0's GPU)",
+            "use placement.layout=separate for a tensor-parallel rollout engine, or leave rollout_gpus at 1",
+        )
+        for name, resources in (
+            ("learner_resources", self.learner_resources),
+            ("rollout_resources", self.rollout_resources),
+        ):
+            bad = [
+                k
+                for k, v in resources.items()
+                if k in ("CPU", "GPU", "memory") or not isinstance(v, (int, float)) or v <= 0
+            ]
+            require(
+                not bad,
+                name,
+                f"has {bad[0] if bad else ''!r}: it takes custom resource names with positive amounts",
+                "name resources your nodes advertise with `ray start --resources`, e.g. {learner_node: 0.01}",
+            )
 
 
 @dataclass
 class SyncConfig:
     """How the learner's weights reach the rollout engine."""
 
-    interval_steps: int = 1
+    interval_steps: int = checked(1, at_least(1, "set it to 1 to sync after every update"))
     # ``auto``: CUDA IPC when colocated on a GPU, NCCL when separate, shared memory on CPU.
     method: Literal["auto", "cuda_ipc", "nccl", "shm"] = "auto"
-    bucket_mb: int = 512
+    bucket_mb: int = checked(512, at_least(1, "set it to e.g. 512"))
     # Warn when the mean |learner logp - rollout logp| on sampled tokens exceeds this
     # after a sync (fp32 round-off is ~1e-5; a sync that did not land grows past it).
-    logp_diff_warn: float = 0.05
+    logp_diff_warn: float = checked(0.05, positive("set it to e.g. 0.05"))
     # ``stop``: end the run after mismatch_steps synced steps in a row above logp_diff_warn.
     on_mismatch: Literal["warn", "stop"] = "stop"
-    mismatch_steps: int = 3
+    mismatch_steps: int = checked(3, at_least(1, "set it to e.g. 3"))
     # Deadline for each stage of a sync (wake, pack, load, broadcast); past it the run ends naming the stage.
-    timeout_s: float = 600.0
+    timeout_s: float = checked(600.0, positive("set it to e.g. 600"))
 
 
 @dataclass
@@ -273,9 +432,9 @@ class LoggingConfig:
 
     output_dir: str = "runs"
     run_name: str | None = None
-    every_steps: int = 1
+    every_steps: int = checked(1, at_least(1, "set it to 1"))
     # Groups per step whose completions go to samples.jsonl (and the wandb table).
-    samples_per_step: int = 2
+    samples_per_step: int = checked(2, not_negative("set it to e.g. 2"))
     # ``offline`` writes a wandb run under the run directory (``wandb sync`` uploads it later).
     wandb_mode: Literal["off", "online", "offline"] = "off"
     wandb_project: str = "aharl"
@@ -288,8 +447,8 @@ class LoggingConfig:
 class CheckpointConfig:
     """When the run's state is saved (also at the last step and on SIGINT/SIGTERM)."""
 
-    every_steps: int = 100
-    keep_last: int = 3
+    every_steps: int = checked(100, at_least(1, "set it to e.g. 100"))
+    keep_last: int = checked(3, at_least(1, "set it to e.g. 3"))
 
 
 @dataclass
@@ -297,15 +456,22 @@ class EvalConfig:
     """Greedy evaluation on held-out questions: before training, every K steps, and after."""
 
     # 0: evaluate only before and after training.
-    every_steps: int = 0
+    every_steps: int = checked(0, not_negative("set it to 0 (before and after only) or e.g. 50"))
     # Size of the eval set; 0 turns evaluation and the before/after report off.
-    num_questions: int = 64
+    num_questions: int = checked(64, not_negative("set it to 0 (no evaluation) or e.g. 64"))
     # A separate eval set (hub id or file, read like data.source, with eval.split);
     # null holds out the last num_questions prompts of the training data.
-    source: str | None = None
+    source: str | None = checked(
+        None,
+        Bound(
+            lambda v: v is None or bool(v.strip()),
+            "is empty",
+            "give a hub id or a local file, or null to hold out training prompts",
+        ),
+    )
     split: str = "test"
     # Questions shown side by side in the before/after report (report.md, report.html).
-    report_questions: int = 16
+    report_questions: int = checked(16, not_negative("set it to e.g. 16"))
 
 
 @dataclass
@@ -679,221 +845,41 @@ def _coerce_scalar(value: Any, hint: type, key: str, source: str) -> Any:
 
 
 def _check_values(c: Config, sources: dict[str, str]) -> None:
-    """Reject values no run could use; every message says what to write instead."""
+    """Reject values no run could use; every message says what to write instead.
+
+    First each field's bounds and each section's own rules (beside their
+    fields above), then the rules that span sections (below).
+    """
 
     def require(ok: bool, key: str, problem: str, fix: str) -> None:
         if not ok:
             raise ConfigError(key, problem, fix, _source_of(key, sources))
 
-    r, lr, d, g = c.rollout, c.learner, c.data, c.grpo
+    _check_section(c, "", require)
+    _check_across_sections(c, require)
+
+
+def _check_section(node: Any, prefix: str, require: Require) -> None:
+    """``node``'s field bounds, its subsections', then its own ``check`` rules (keys relative to ``prefix``)."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        for bound in f.metadata.get("bounds", ()):
+            require(bound.ok(value), prefix + f.name, bound.problem.replace("{value}", str(value)), bound.fix)
+        if dataclasses.is_dataclass(value):
+            _check_section(value, f"{prefix}{f.name}.", require)
+    rules = getattr(node, "check", None)
+    if rules is not None:
+        rules(lambda ok, key, problem, fix: require(ok, prefix + key, problem, fix))
+
+
+def _check_across_sections(c: Config, require: Require) -> None:
+    """The rules whose keys depend on another section's values."""
+    r, lr, g, p = c.rollout, c.learner, c.grpo, c.placement
     require(
-        r.n >= 2,
-        "rollout.n",
-        f"= {r.n} is too small: GRPO compares completions within a group",
-        "set rollout.n to 2 or more (the reference uses 16)",
-    )
-    require(
-        r.temperature > 0,
-        "rollout.temperature",
-        f"= {r.temperature} must be above 0 (GRPO needs sampled, differing completions)",
-        "set it to e.g. 0.9",
-    )
-    require(
-        0 < r.top_p <= 1,
-        "rollout.top_p",
-        f"= {r.top_p} must be in (0, 1]",
-        "set it to 1.0 to sample from the whole distribution",
-    )
-    require(r.max_tokens >= 1, "rollout.max_tokens", f"= {r.max_tokens} must be at least 1", "set it to e.g. 200")
-    require(
-        0 < r.gpu_memory_utilization <= 1,
-        "rollout.gpu_memory_utilization",
-        f"= {r.gpu_memory_utilization} must be in (0, 1]",
-        "set it to e.g. 0.3",
-    )
-    require(lr.lr > 0, "learner.lr", f"= {lr.lr} must be positive", "set it to e.g. 5e-6")
-    require(
-        all(0 <= b < 1 for b in lr.betas),
-        "learner.betas",
-        f"= {list(lr.betas)} must both be in [0, 1)",
-        "use e.g. [0.9, 0.99]",
-    )
-    require(
-        lr.weight_decay >= 0, "learner.weight_decay", f"= {lr.weight_decay} must not be negative", "set it to e.g. 0.1"
-    )
-    require(
-        0 <= lr.warmup_ratio < 1, "learner.warmup_ratio", f"= {lr.warmup_ratio} must be in [0, 1)", "set it to e.g. 0.1"
-    )
-    require(
-        lr.max_grad_norm > 0,
-        "learner.max_grad_norm",
-        f"= {lr.max_grad_norm} must be positive",
-        "set it to e.g. 0.1 (or a large number to disable clipping)",
-    )
-    require(
-        lr.prompts_per_step >= 1,
-        "learner.prompts_per_step",
-        f"= {lr.prompts_per_step} must be at least 1",
-        "set it to e.g. 4",
-    )
-    require(
-        lr.micro_batch_prompts >= 1,
-        "learner.micro_batch_prompts",
-        f"= {lr.micro_batch_prompts} must be at least 1",
-        "set it to e.g. 1",
-    )
-    require(
-        lr.prompts_per_step % lr.micro_batch_prompts == 0,
-        "learner.micro_batch_prompts",
-        f"= {lr.micro_batch_prompts} does not divide learner.prompts_per_step = {lr.prompts_per_step}",
-        "choose a divisor of prompts_per_step so that every accumulation step is the same size",
-    )
-    require(lr.epochs >= 1, "learner.epochs", f"= {lr.epochs} must be at least 1", "set it to 1 or more")
-    require(
-        lr.max_steps is None or lr.max_steps >= 1,
-        "learner.max_steps",
-        f"= {lr.max_steps} must be at least 1",
-        "set it to a positive number, or null for whole epochs",
-    )
-    require(g.beta >= 0, "grpo.beta", f"= {g.beta} must not be negative", "set it to 0 (no KL) or e.g. 0.04")
-    require(
-        g.rollout_correction_cap > 1,
-        "grpo.rollout_correction_cap",
-        f"= {g.rollout_correction_cap} must be above 1",
-        "set it to e.g. 2.0",
-    )
-    require(g.clip_eps_low >= 0, "grpo.clip_eps_low", f"= {g.clip_eps_low} must not be negative", "set it to e.g. 0.2")
-    require(
-        g.clip_eps_high >= 0, "grpo.clip_eps_high", f"= {g.clip_eps_high} must not be negative", "set it to e.g. 0.28"
-    )
-    require(
-        g.clip_eps_low < 1,
-        "grpo.clip_eps_low",
-        f"= {g.clip_eps_low} must be below 1 (the ratio's lower bound is 1 - eps)",
-        "set it to e.g. 0.2",
-    )
-    require(
-        g.updates_per_batch >= 1,
-        "grpo.updates_per_batch",
-        f"= {g.updates_per_batch} must be at least 1",
-        "set it to 1 (the reference)",
-    )
-    require(
-        g.advantage_eps > 0,
-        "grpo.advantage_eps",
-        f"= {g.advantage_eps} must be positive (it keeps a zero-spread group finite)",
-        "set it to e.g. 1e-4",
-    )
-    require(
-        lr.zero_stage in (0, 1, 2, 3),
-        "learner.zero_stage",
-        f"= {lr.zero_stage} is not a ZeRO stage",
-        "use 0, 1, 2 or 3",
-    )
-    lora = c.model.lora
-    require(
-        lora.r >= 0,
-        "model.lora.r",
-        f"= {lora.r} must be 0 (full fine-tuning) or a positive rank",
-        "set it to e.g. 16, or 0 to train every weight",
-    )
-    require(
-        lora.alpha > 0, "model.lora.alpha", f"= {lora.alpha} must be positive", "set it to e.g. 32 (twice r is common)"
-    )
-    require(0 <= lora.dropout < 1, "model.lora.dropout", f"= {lora.dropout} must be in [0, 1)", "set it to 0.0")
-    require(
-        bool(lora.target_modules),
-        "model.lora.target_modules",
-        "is empty: no layer would get an adapter",
-        "list layer names, e.g. [q_proj, v_proj], or [all-linear]",
-    )
-    require(
-        lora.r == 0 or lr.zero_stage <= 2,
+        c.model.lora.r == 0 or lr.zero_stage <= 2,
         "learner.zero_stage",
         f"= {lr.zero_stage} partitions the frozen base weights, which model.lora keeps whole on every rank (its optimizer state is already small)",
         "use learner.zero_stage=2 with model.lora, or model.lora.r=0",
-    )
-    require(r.timeout_s > 0, "rollout.timeout_s", f"= {r.timeout_s} must be positive", "set it to e.g. 3600")
-    require(lr.timeout_s > 0, "learner.timeout_s", f"= {lr.timeout_s} must be positive", "set it to e.g. 3600")
-    require(
-        lr.max_skipped_in_a_row >= 1,
-        "learner.max_skipped_in_a_row",
-        f"= {lr.max_skipped_in_a_row} must be at least 1",
-        "set it to e.g. 3",
-    )
-    require(
-        lr.logprob_chunk_rows >= 1,
-        "learner.logprob_chunk_rows",
-        f"= {lr.logprob_chunk_rows} must be at least 1",
-        "set it to e.g. 1024",
-    )
-    budget = lr.max_tokens_per_micro_batch
-    require(
-        budget is None or budget >= 16,
-        "learner.max_tokens_per_micro_batch",
-        f"= {budget} must be at least 16 (or null)",
-        "set it to e.g. 4096, or null for micro_batch_prompts groups",
-    )
-    for i, demo in enumerate(d.demonstrations):
-        require(
-            bool(demo.question.strip() and demo.response.strip()),
-            f"data.demonstrations.{i}",
-            "needs both a question and a response",
-            "write each as {question: ..., response: ...}",
-        )
-    require(
-        d.max_prompt_tokens >= 1,
-        "data.max_prompt_tokens",
-        f"= {d.max_prompt_tokens} must be at least 1",
-        "set it to e.g. 256",
-    )
-    require(bool(d.source.strip()), "data.source", "is empty", "give a hub id, a local file, or `synthetic`")
-    s = d.synthetic
-    require(
-        s.num_examples >= 1,
-        "data.synthetic.num_examples",
-        f"= {s.num_examples} must be at least 1",
-        "set it to e.g. 2000",
-    )
-    require(
-        1 <= s.difficulty <= 8,
-        "data.synthetic.difficulty",
-        f"= {s.difficulty} must be between 1 and 8",
-        "set it to e.g. 2",
-    )
-    require(
-        s.max_operand >= 2, "data.synthetic.max_operand", f"= {s.max_operand} must be at least 2", "set it to e.g. 20"
-    )
-    require(
-        c.rewards.num_workers >= 1,
-        "rewards.num_workers",
-        f"= {c.rewards.num_workers} must be at least 1",
-        "set it to e.g. 2",
-    )
-    require(
-        c.rewards.timeout_s > 0, "rewards.timeout_s", f"= {c.rewards.timeout_s} must be positive", "set it to e.g. 30"
-    )
-    require(
-        bool(c.rewards.functions),
-        "rewards.functions",
-        "is empty: nothing would score completions",
-        "list at least one, e.g. [reference]",
-    )
-    p = c.placement
-    require(
-        p.gpu_memory_gib is None or p.gpu_memory_gib > 0,
-        "placement.gpu_memory_gib",
-        f"= {p.gpu_memory_gib} must be positive (or null)",
-        "set it to e.g. 24, or null for the local GPU's",
-    )
-    require(
-        p.learner_gpus >= 1, "placement.learner_gpus", f"= {p.learner_gpus} must be at least 1", "set it to 1 or more"
-    )
-    require(
-        p.layout == "colocate" or p.rollout_gpus >= 1,
-        "placement.rollout_gpus",
-        f"= {p.rollout_gpus} must be at least 1 in the separate layout",
-        "set it to 1 or more, or use placement.layout=colocate",
     )
     require(
         c.grad_accum_steps % p.learner_gpus == 0,
@@ -924,33 +910,14 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
         "use sync.method=auto or shm with the hf backend, or rollout.backend=vllm",
     )
     require(
-        p.layout == "separate" or p.rollout_gpus <= 1,
-        "placement.rollout_gpus",
-        f"= {p.rollout_gpus} applies to the separate layout only (colocated vLLM shares learner rank 0's GPU)",
-        "use placement.layout=separate for a tensor-parallel rollout engine, or leave rollout_gpus at 1",
-    )
-    require(r.num_engines >= 1, "rollout.num_engines", f"= {r.num_engines} must be at least 1", "set it to 1 or more")
-    require(
-        r.num_engines <= c.learner.prompts_per_step,
+        r.num_engines <= lr.prompts_per_step,
         "rollout.num_engines",
-        f"= {r.num_engines} is more engines than the {c.learner.prompts_per_step} prompts of a step",
+        f"= {r.num_engines} is more engines than the {lr.prompts_per_step} prompts of a step",
         "lower rollout.num_engines or raise learner.prompts_per_step",
     )
-    for name, resources in (("learner_resources", p.learner_resources), ("rollout_resources", p.rollout_resources)):
-        bad = [
-            k
-            for k, v in resources.items()
-            if k in ("CPU", "GPU", "memory") or not isinstance(v, (int, float)) or v <= 0
-        ]
-        require(
-            not bad,
-            f"placement.{name}",
-            f"has {bad[0] if bad else ''!r}: it takes custom resource names with positive amounts",
-            "name resources your nodes advertise with `ray start --resources`, e.g. {learner_node: 0.01}",
-        )
     if r.overlap == "one_step":
         require(
-            c.placement.layout == "separate",
+            layout == "separate",
             "rollout.overlap",
             "= one_step needs rollout engines on devices of their own",
             "set placement.layout=separate, or rollout.overlap=off",
@@ -973,81 +940,6 @@ def _check_values(c: Config, sources: dict[str, str]) -> None:
             "> 0 draws the step's prompts only once its first groups are scored, which a one-step-off rollout samples a step early",
             "set it to 0, or rollout.overlap=off",
         )
-    require(
-        g.dynamic_sampling_max_rounds >= 0,
-        "grpo.dynamic_sampling_max_rounds",
-        f"= {g.dynamic_sampling_max_rounds} must be 0 (off) or more",
-        "set it to e.g. 3",
-    )
-    require(
-        c.sync.interval_steps >= 1,
-        "sync.interval_steps",
-        f"= {c.sync.interval_steps} must be at least 1",
-        "set it to 1 to sync after every update",
-    )
-    require(c.sync.bucket_mb >= 1, "sync.bucket_mb", f"= {c.sync.bucket_mb} must be at least 1", "set it to e.g. 512")
-    require(c.sync.timeout_s > 0, "sync.timeout_s", f"= {c.sync.timeout_s} must be positive", "set it to e.g. 600")
-    require(
-        c.sync.mismatch_steps >= 1,
-        "sync.mismatch_steps",
-        f"= {c.sync.mismatch_steps} must be at least 1",
-        "set it to e.g. 3",
-    )
-    require(
-        c.sync.logp_diff_warn > 0,
-        "sync.logp_diff_warn",
-        f"= {c.sync.logp_diff_warn} must be positive",
-        "set it to e.g. 0.05",
-    )
-    require(
-        c.logging.every_steps >= 1,
-        "logging.every_steps",
-        f"= {c.logging.every_steps} must be at least 1",
-        "set it to 1",
-    )
-    require(
-        c.checkpoint.every_steps >= 1,
-        "checkpoint.every_steps",
-        f"= {c.checkpoint.every_steps} must be at least 1",
-        "set it to e.g. 100",
-    )
-    require(
-        c.checkpoint.keep_last >= 1,
-        "checkpoint.keep_last",
-        f"= {c.checkpoint.keep_last} must be at least 1",
-        "set it to e.g. 3",
-    )
-    require(
-        c.logging.samples_per_step >= 0,
-        "logging.samples_per_step",
-        f"= {c.logging.samples_per_step} must not be negative",
-        "set it to e.g. 2",
-    )
-    e = c.eval
-    require(
-        e.every_steps >= 0,
-        "eval.every_steps",
-        f"= {e.every_steps} must not be negative",
-        "set it to 0 (before and after only) or e.g. 50",
-    )
-    require(
-        e.num_questions >= 0,
-        "eval.num_questions",
-        f"= {e.num_questions} must not be negative",
-        "set it to 0 (no evaluation) or e.g. 64",
-    )
-    require(
-        e.report_questions >= 0,
-        "eval.report_questions",
-        f"= {e.report_questions} must not be negative",
-        "set it to e.g. 16",
-    )
-    require(
-        e.source is None or bool(e.source.strip()),
-        "eval.source",
-        "is empty",
-        "give a hub id or a local file, or null to hold out training prompts",
-    )
 
 
 def _plain(value: Any) -> Any:
