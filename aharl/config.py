@@ -377,6 +377,9 @@ class PlacementConfig:
             "set it to e.g. 24, or null for the local GPU's",
         ),
     )
+    # How long an actor may take to start: a rollout engine's model load and
+    # compile (minutes on a cold GPU cache), a learner rank's load and DeepSpeed set-up.
+    start_timeout_s: float = checked(1800.0, positive("set it to e.g. 1800"))
 
     def check(self, require: Require) -> None:
         require(

@@ -177,7 +177,7 @@ class Cluster:
             engines_ready()
         self.ranks = ActorGroup("learner rank", self.learners)
         get_within(
-            [r.parameter_checksum.remote() for r in self.learners], "the learner ranks' start", self._learner_deadline
+            [r.parameter_checksum.remote() for r in self.learners], "the learner ranks' start", self._start_deadline
         )
         lap("learner")
         rollout_bundles = [slot.bundle_index for slot in self.layout.rollouts]
@@ -198,13 +198,13 @@ class Cluster:
 
     @property
     def _learner_deadline(self) -> Deadline:
-        """The learner's start, update, export and checkpoints."""
+        """The learner's update, export and checkpoints."""
         return Deadline(self.config.learner.timeout_s, "learner.timeout_s", cause="a hung collective or rank")
 
     @property
     def _start_deadline(self) -> Deadline:
-        """An engine's start (a cold vLLM compile takes minutes on a GPU; loading a large model longer)."""
-        return Deadline(self.config.rollout.timeout_s, "rollout.timeout_s", cause="a hung engine")
+        """An actor's start (a cold vLLM compile takes minutes on a GPU; loading a large model longer)."""
+        return Deadline(self.config.placement.start_timeout_s, "placement.start_timeout_s", cause="a start that hangs")
 
     def _place(self, cls, slot: ActorSlot, role: str, env_vars: dict[str, str] | None = None):
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=slot.bundle_index)

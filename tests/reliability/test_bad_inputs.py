@@ -1314,6 +1314,7 @@ OUT_OF_RANGE: dict[str, tuple[str, ...]] = {
     "placement.learner_gpus": ("0",),
     "placement.rollout_gpus": ("0", "placement.layout=separate"),
     "placement.gpu_memory_gib": ("0",),
+    "placement.start_timeout_s": ("0",),
     "sync.interval_steps": ("0",),
     "sync.bucket_mb": ("0",),
     "sync.logp_diff_warn": ("0",),
